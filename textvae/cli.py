@@ -1,0 +1,81 @@
+"""The `textvae` command: train and evaluate. Prints; a user's mistake is one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from textvae.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textvae", description="Train, evaluate and use sentence VAEs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from a YAML config (resumes RUN_DIR if it has one)")
+    train.add_argument("config", help="YAML config file")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set optim.lr=0.0005 (repeatable)")  # fmt: skip
+    train.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a trained run on a split")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    evaluate.add_argument("--iw-samples", type=int, default=500, help="importance samples for the NLL (default 500)")
+    evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from textvae import config as config_lib
+    from textvae.pipeline import train
+
+    config = config_lib.load(args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    print(f"run directory: {run_dir}")
+    print(f"watch it with: tensorboard --logdir {run_dir / 'tb'}")
+    metrics = train(config, run_dir)
+    if metrics:
+        summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("nelbo", "rec", "kl", "nll", "ppl", "mi"))
+        print(f"last validation: {summary}, au {metrics['au']}")
+    print(f"checkpoints: {run_dir / 'checkpoints'}  metrics: {run_dir / 'metrics.jsonl'}")
+    print(f"evaluate with: textvae evaluate {run_dir} --iw-samples 500")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from textvae.pipeline import evaluate_run
+
+    if args.iw_samples < 1:
+        raise UserError("--iw-samples must be at least 1")
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key in ("nelbo", "rec", "kl", "nll", "ppl", "mi", "au", "sentences", "tokens", "iw_samples"):
+            value = metrics[key]
+            print(f"{key:>10}  {value:.3f}" if isinstance(value, float) else f"{key:>10}  {value}")
+        print(f"(split {args.split}; mi uses the aggregate posterior over the whole split)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _evaluate(args)
+    except UserError as error:
+        print(f"textvae: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("textvae: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,238 @@
+"""Typed, frozen configuration: YAML in, dotted `--set` overrides, strict validation, YAML out."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from textvae.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "ptb"  # a known name (ptb, snli, mnist) or a path: a directory with splits, or one text file
+    tokenizer: str = "word"  # word | sentencepiece
+    vocab_size: int = 10000  # word: most frequent types kept (specials included); sentencepiece: pieces
+    min_count: int = 1  # word: types seen fewer times in train map to <unk>
+    split: str = "whitespace"  # word: whitespace (pre-tokenized text) | punct (raw text: punctuation split off)
+    lowercase: bool = False
+    sentencepiece_type: str = "unigram"  # unigram | bpe
+    max_length: int = 100  # tokens per sentence before <bos>/<eos>; longer ones are truncated and counted
+    holdout: float = 0.05  # single-file corpus: share of lines held out for valid and for test (each)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "lstm_vae"  # lstm_vae | lstm_lm
+    embedding_dim: int = 256
+    hidden_size: int = 256
+    latent_dim: int = 32  # ignored by lstm_lm
+    num_layers: int = 1
+    bidirectional: bool = False  # encoder only
+    embedding_dropout: float = 0.0
+    output_dropout: float = 0.0
+    word_dropout: float = 0.0  # decoder input tokens replaced by <unk> in training mode (Bowman et al. 2016)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    kl_schedule: str = "linear"  # constant | linear | logistic | cyclical
+    kl_weight: float = 1.0  # the weight the schedule reaches (beta)
+    kl_start: float = 0.0  # the weight at step 0 (linear, cyclical)
+    warmup_steps: int = 10000  # linear: steps from kl_start to kl_weight; logistic: steps to the midpoint x 2
+    logistic_k: float = 0.0025  # logistic steepness (Bowman et al. 2016)
+    cycles: int = 4  # cyclical: number of cycles M (Fu et al. 2019)
+    cycle_ratio: float = 0.5  # cyclical: share R of each cycle spent increasing
+    cycle_total_steps: int = 0  # cyclical: steps the M cycles span; 0 means train.max_steps
+    free_bits: float = 0.0  # nats; 0 disables
+    free_bits_mode: str = "dim"  # dim: per dimension over the batch (Kingma et al. 2016) | vector: target KL
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"  # adam | sgd
+    lr: float = 0.001
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0  # max global gradient norm; 0 disables
+    lr_decay: float = 0.5  # factor applied when validation stops improving; 1 disables
+    lr_patience: int = 2  # evaluations without improvement before a decay
+    min_lr: float = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 20000
+    batch_size: int = 32  # sentences per batch
+    max_tokens: int = 0  # also cap padded tokens per batch; 0 disables
+    eval_every: int = 1000  # steps
+    checkpoint_every: int = 0  # steps between last.pt writes; 0 means eval_every
+    early_stopping: int = 0  # evaluations without improvement before stopping; 0 disables
+    eval_iw_samples: int = 10  # importance samples for the NLL logged during training
+    eval_batch_size: int = 64
+    log_every: int = 50  # steps between train/ scalars
+    num_text_samples: int = 3  # decoded samples and reconstructions logged at each evaluation
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32)
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_CHOICES = {
+    ("data", "tokenizer"): ("word", "sentencepiece"),
+    ("data", "split"): ("whitespace", "punct"),
+    ("data", "sentencepiece_type"): ("unigram", "bpe"),
+    ("model", "name"): ("lstm_vae", "lstm_lm"),
+    ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
+    ("objective", "free_bits_mode"): ("dim", "vector"),
+    ("optim", "name"): ("adam", "sgd"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+    ("train", "precision"): ("fp32", "bf16"),
+}
+_POSITIVE = {
+    ("data", "vocab_size"),
+    ("data", "max_length"),
+    ("model", "embedding_dim"),
+    ("model", "hidden_size"),
+    ("model", "latent_dim"),
+    ("model", "num_layers"),
+    ("objective", "cycles"),
+    ("optim", "lr"),
+    ("train", "max_steps"),
+    ("train", "batch_size"),
+    ("train", "eval_every"),
+    ("train", "eval_batch_size"),
+    ("train", "log_every"),
+}
+_PROBABILITIES = {
+    ("data", "holdout"),
+    ("model", "embedding_dropout"),
+    ("model", "output_dropout"),
+    ("model", "word_dropout"),
+    ("objective", "cycle_ratio"),
+}
+
+
+def _check_type(key: str, value: Any, kind: Any) -> Any:
+    """Return `value` as `kind` (int widens to float) or raise UserError naming `key`."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise UserError(f"config key {key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config section {name}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise UserError(f"unknown config key {name}.{key} (known: {', '.join(sorted(known))})")
+        values[key] = _check_type(f"{name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def validate(config: Config) -> Config:
+    """Check ranges and choices; raise UserError naming the first bad key."""
+    for section in dataclasses.fields(config):
+        part = getattr(config, section.name)
+        for f in dataclasses.fields(part):
+            key, value = (section.name, f.name), getattr(part, f.name)
+            dotted = ".".join(key)
+            if key in _CHOICES and value not in _CHOICES[key]:
+                raise UserError(f"config key {dotted}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+            if key in _POSITIVE and value <= 0:
+                raise UserError(f"config key {dotted}: must be positive, got {value}")
+            if key in _PROBABILITIES and not 0.0 <= value < 1.0:
+                raise UserError(f"config key {dotted}: must be in [0, 1), got {value}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise UserError(f"config key {dotted}: must not be negative, got {value}")
+    return config
+
+
+def from_dict(raw: Any) -> Config:
+    """Build and validate a Config from a nested mapping (as read from YAML)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError("config: expected a mapping of sections (data, model, objective, optim, train)")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for name in raw:
+        if name not in sections:
+            raise UserError(f"unknown config section {name!r} (known: {', '.join(sections)})")
+    built = {name: _build_section(name, f.default_factory, raw.get(name)) for name, f in sections.items()}
+    return validate(Config(**built))
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings (values parsed as YAML scalars) to a nested mapping."""
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected section.key=value")
+        dotted, text = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) != 2:
+            raise UserError(f"--set {item!r}: expected a key of the form section.key")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        raw.setdefault(parts[0], {})[parts[1]] = value
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{path}: not a valid YAML file ({first})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data, model, objective, optim, train)")
+    return from_dict(apply_overrides(raw or {}, overrides or []))
+
+
+def save(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def replace(config: Config, **sections: dict[str, Any]) -> Config:
+    """Return a copy with some fields of some sections changed, e.g. replace(c, train={"max_steps": 5})."""
+    changed = {name: dataclasses.replace(getattr(config, name), **fields) for name, fields in sections.items()}
+    return validate(dataclasses.replace(config, **changed))
+

@@ -1,0 +1,1 @@
+"""Shared by text and image models: ELBO terms, schedules, estimators, trainer, checkpoints."""

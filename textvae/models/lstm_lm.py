@@ -1,0 +1,81 @@
+"""LSTM decoder (shared by the VAE) and the LSTM language-model baseline: the decoder without z."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from textvae.config import ModelConfig
+from textvae.core.word_dropout import WordDropout
+
+
+class LSTMDecoder(nn.Module):
+    """p(x|z) = prod_t p(x_t | x_<t, z): z sets the initial state and joins every input embedding."""
+
+    def __init__(self, vocab_size: int, config: ModelConfig, latent_dim: int, pad_id: int, unk_id: int, specials):
+        super().__init__()
+        self.pad_id, self.latent_dim = pad_id, latent_dim
+        self.num_layers, self.hidden_size = config.num_layers, config.hidden_size
+        self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=pad_id)
+        self.word_dropout = WordDropout(config.word_dropout, unk_id, specials)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.lstm = nn.LSTM(config.embedding_dim + latent_dim, config.hidden_size, config.num_layers, batch_first=True)
+        self.output_dropout = nn.Dropout(config.output_dropout)
+        self.output = nn.Linear(config.hidden_size, vocab_size)
+        # Bowman et al. 2016: z -> initial cell state of every layer; h0 = tanh(c0).
+        self.latent_to_state = nn.Linear(latent_dim, config.num_layers * config.hidden_size) if latent_dim else None
+
+    def initial_state(self, z: Tensor | None, batch: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
+        """z: [N, D] -> (h0, c0), each [layers, N, H]; None (zeros) without a latent code."""
+        if z is None:
+            return None
+        c0 = self.latent_to_state(z).view(batch, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
+        return torch.tanh(c0), c0
+
+    def hidden(self, inputs: Tensor, z: Tensor | None, state=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """inputs: [N, T] token ids, z: [N, D] or None -> hidden states [N, T, H] and the final state."""
+        emb = self.embedding_dropout(self.embedding(self.word_dropout(inputs)))
+        if z is not None:
+            emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1).to(emb.dtype)], dim=-1)
+        if state is None:
+            state = self.initial_state(z, inputs.shape[0], inputs.device)
+        return self.lstm(emb, state)
+
+    def log_likelihood(self, tokens: Tensor, z: Tensor | None) -> Tensor:
+        """log p(x|z) summed over tokens (<eos> included). tokens: [B, T], z: [B, K, D] or None -> [B, K]."""
+        samples = 1 if z is None else z.shape[1]
+        if samples > 1:
+            tokens = tokens.repeat_interleave(samples, dim=0)  # [B*K, T], sentence-major like z below
+        flat_z = None if z is None else z.reshape(-1, z.shape[-1])
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        hidden, _ = self.hidden(inputs, flat_z)
+        mask = targets != self.pad_id
+        # Project only real positions: padding rows never reach the 10k-way softmax.
+        logits = self.output(self.output_dropout(hidden[mask]))  # [M, V]
+        token_nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
+        nll = torch.zeros(mask.shape, dtype=token_nll.dtype, device=tokens.device)
+        nll[mask] = token_nll
+        return -nll.sum(1).view(-1, samples)
+
+    def step(self, token: Tensor, z: Tensor | None, state) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One decoding step, keeping the LSTM state. token: [N] -> logits [N, V] and the new state."""
+        hidden, state = self.hidden(token.unsqueeze(1), z, state)
+        return self.output(hidden[:, 0]).float(), state
+
+
+class LSTMLM(nn.Module):
+    """LSTM language model: the VAE's decoder without a latent code. Its log-likelihood is exact."""
+
+    latent_dim = 0
+
+    def __init__(self, vocab_size: int, config: ModelConfig, pad_id: int, unk_id: int, special_ids: list[int]):
+        super().__init__()
+        self.decoder = LSTMDecoder(vocab_size, config, 0, pad_id, unk_id, special_ids)
+
+    def encode(self, batch) -> tuple[Tensor, Tensor]:
+        raise TypeError("LSTMLM has no latent code to encode")
+
+    def log_likelihood(self, batch, z: Tensor | None) -> Tensor:
+        """log p(x) per sentence. -> [B, 1]."""
+        return self.decoder.log_likelihood(batch.tokens, None)

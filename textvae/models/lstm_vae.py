@@ -1,0 +1,46 @@
+"""Bowman et al. 2016 LSTM sentence VAE: LSTM encoder -> diagonal Gaussian q(z|x) -> LSTM decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from textvae.config import ModelConfig
+from textvae.core.gaussian import bound_logvar
+from textvae.models.lstm_lm import LSTMDecoder
+
+
+class LSTMVAE(nn.Module):
+    def __init__(self, vocab_size: int, config: ModelConfig, pad_id: int, unk_id: int, special_ids: list[int]):
+        super().__init__()
+        self.latent_dim = config.latent_dim
+        directions = 2 if config.bidirectional else 1
+        self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=pad_id)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.encoder = nn.LSTM(
+            config.embedding_dim,
+            config.hidden_size,
+            config.num_layers,
+            batch_first=True,
+            bidirectional=config.bidirectional,
+        )
+        self.to_posterior = nn.Linear(directions * config.hidden_size, 2 * config.latent_dim)
+        self.decoder = LSTMDecoder(vocab_size, config, config.latent_dim, pad_id, unk_id, special_ids)
+
+    def encode(self, batch) -> tuple[Tensor, Tensor]:
+        """q(z|x) from the encoder's final top-layer state(s). -> mu, logvar: [B, D] each."""
+        words = batch.tokens[:, 1:]  # w_1 .. w_n <eos>: the encoder does not need <bos>
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embedding_dropout(self.embedding(words)), batch.lengths - 1, batch_first=True, enforce_sorted=False
+        )
+        _, (h_n, _) = self.encoder(packed)  # h_n: [layers * directions, B, H]
+        if self.encoder.bidirectional:
+            summary = torch.cat([h_n[-2], h_n[-1]], dim=-1)
+        else:
+            summary = h_n[-1]
+        mu, logvar = self.to_posterior(summary).float().chunk(2, dim=-1)
+        return mu, bound_logvar(logvar)
+
+    def log_likelihood(self, batch, z: Tensor) -> Tensor:
+        """log p(x|z) per sentence and sample. z: [B, K, D] -> [B, K]."""
+        return self.decoder.log_likelihood(batch.tokens, z)

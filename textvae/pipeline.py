@@ -1,0 +1,162 @@
+"""Wiring for text runs: corpus + tokenizer + model + trainer from a config, and loading a run back."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from textvae import config as config_lib
+from textvae.config import Config
+from textvae.core.checkpoint import load_checkpoint
+from textvae.core.evaluation import evaluate
+from textvae.core.trainer import Trainer, resolve_device
+from textvae.data.batching import TextSplit
+from textvae.data.corpus import load_corpus
+from textvae.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from textvae.errors import UserError
+from textvae.generate import decode
+from textvae.models import build_text_model
+
+log = logging.getLogger(__name__)
+# A resumed run may change how long and how it trains, not what it trains.
+RESUMABLE_SECTIONS = ("train",)
+
+
+@dataclass
+class TextRun:
+    config: Config
+    tokenizer: Tokenizer
+    model: nn.Module
+    splits: dict[str, TextSplit]
+    device: torch.device
+
+
+def prepare(config: Config, run_dir: Path, splits: tuple[str, ...] = ("train", "valid", "test")) -> TextRun:
+    """Load the corpus, build (or reload) the run's tokenizer, encode splits, build the model."""
+    corpus = load_corpus(config.data.corpus, config.data.holdout)
+    for note in corpus.notes:
+        log.info("%s", note)
+    tokenizer_dir = run_dir / "tokenizer"
+    if (tokenizer_dir / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(tokenizer_dir)
+    else:
+        tokenizer = build_tokenizer(config.data, corpus.splits["train"], tokenizer_dir)
+    encoded = {}
+    for name in splits:
+        encoded[name] = TextSplit(corpus.splits[name], tokenizer, config.data.max_length)
+        if encoded[name].truncated:
+            log.warning("%s: %d sentence(s) truncated to %d tokens", name, encoded[name].truncated,
+                        config.data.max_length)  # fmt: skip
+    log.info("vocabulary %d (%s); %s", len(tokenizer), tokenizer.kind,
+             ", ".join(f"{k} {len(v)} sentences" for k, v in encoded.items()))  # fmt: skip
+    model = build_text_model(config.model, tokenizer)
+    return TextRun(config, tokenizer, model, encoded, resolve_device(config.train.device))
+
+
+def check_resumable(config: Config, run_dir: Path) -> None:
+    """Refuse to resume a run directory with a config that trains something else."""
+    saved_file = run_dir / "config.yaml"
+    if not (run_dir / "checkpoints" / "last.pt").is_file() or not saved_file.is_file():
+        return
+    saved = config_lib.to_dict(config_lib.load(saved_file))
+    current = config_lib.to_dict(config)
+    for section in saved:
+        if section in RESUMABLE_SECTIONS:
+            continue
+        for key, value in saved[section].items():
+            if current[section][key] != value:
+                raise UserError(
+                    f"{run_dir} holds a run with {section}.{key}={value!r}, not {current[section][key]!r}: "
+                    "use another --run-dir to train a different model"
+                )
+
+
+def text_report(run: TextRun, count: int, seed: int = 0):
+    """A callback for the trainer: prior samples and reconstructions of fixed validation sentences."""
+    valid = run.splits["valid"]
+    fixed = valid.collate(list(range(min(count, len(valid)))))
+
+    def report(model: nn.Module) -> dict[str, str]:
+        was_training = model.training
+        model.eval()
+        tok = run.tokenizer
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            if model.latent_dim:
+                prior = torch.randn(count, model.latent_dim, device=run.device)
+                samples = decode(model.decoder, prior, tok.bos_id, tok.eos_id)
+                batch = fixed.to(run.device)
+                mu, _ = model.encode(batch)
+                recon = decode(model.decoder, mu, tok.bos_id, tok.eos_id)
+                pairs = [f"{tok.decode(s[1:-1])}  →  {tok.decode(r)}" for s, r in zip(fixed.tokens.tolist(), recon)]
+                texts = {"reconstructions": "\n\n".join(pairs)}
+            else:
+                samples = decode(model.decoder, None, tok.bos_id, tok.eos_id, method="sample", num=count)
+                texts = {}
+        model.train(was_training)
+        texts["samples"] = "\n\n".join(tok.decode(s) for s in samples)
+        return texts
+
+    return report
+
+
+def train(config: Config, run_dir: Path) -> dict[str, Any] | None:
+    """Train (or resume) a text run in `run_dir`; return the last validation metrics."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_resumable(config, run_dir)
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    torch.manual_seed(config.train.seed)  # the model's initialization depends on the seed alone
+    run = prepare(config, run_dir, ("train", "valid"))
+    config_lib.save(config, run_dir / "config.yaml")
+    train_cfg = config.train
+    valid_batches = [run.splits["valid"].collate(b) for b in run.splits["valid"].ordered(train_cfg.eval_batch_size)]
+
+    def evaluate_valid(model: nn.Module) -> dict[str, Any]:
+        return evaluate(model, valid_batches, train_cfg.eval_iw_samples, run.device, train_cfg.precision)
+
+    trainer = Trainer(run.model, run.splits["train"], evaluate_valid, config, run_dir, run.device,
+                      text_report(run, train_cfg.num_text_samples))  # fmt: skip
+    return trainer.fit()
+
+
+def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
+    """Rebuild a trained run's model and tokenizer from its directory (best.pt, else last.pt)."""
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise UserError(f"{run_dir} is not a textvae run directory (config.yaml missing)")
+    config = config_lib.load(config_file)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        path = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    model = build_text_model(config.model, tokenizer)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise UserError(f"{path}: checkpoint does not match the model in {config_file}") from None
+    device = resolve_device(config.train.device)
+    model.to(device).eval()
+    return TextRun(config, tokenizer, model, {}, device)
+
+
+def evaluate_run(run_dir: Path, split: str, iw_samples: int, precision: str = "fp32") -> dict[str, Any]:
+    """Evaluate a trained run on a split of its corpus with K importance samples."""
+    run = load_run(run_dir)
+    corpus = load_corpus(run.config.data.corpus, run.config.data.holdout)
+    if split not in corpus.splits:
+        raise UserError(f"split {split!r} not in corpus (have: {', '.join(corpus.splits)})")
+    data = TextSplit(corpus.splits[split], run.tokenizer, run.config.data.max_length)
+    batches = [data.collate(b) for b in data.ordered(run.config.train.eval_batch_size)]
+    metrics = evaluate(run.model, batches, iw_samples, run.device, precision)
+    metrics["split"] = split
+    metrics["checkpoint_step"] = None
+    return metrics
+
+
