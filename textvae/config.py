@@ -235,4 +235,3 @@ def replace(config: Config, **sections: dict[str, Any]) -> Config:
     """Return a copy with some fields of some sections changed, e.g. replace(c, train={"max_steps": 5})."""
     changed = {name: dataclasses.replace(getattr(config, name), **fields) for name, fields in sections.items()}
     return validate(dataclasses.replace(config, **changed))
-

@@ -158,5 +158,3 @@ def evaluate_run(run_dir: Path, split: str, iw_samples: int, precision: str = "f
     metrics["split"] = split
     metrics["checkpoint_step"] = None
     return metrics
-
-

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from textvae.core.gaussian import gaussian_entropy, log_normal, log_standard_normal, reparameterize
+from textvae.core.gaussian import log_normal, log_standard_normal, reparameterize
 from textvae.core.objective import LatentModel
 
 
@@ -43,17 +43,18 @@ def mutual_information(mu: Tensor, logvar: Tensor, chunk: int = 512) -> float:
         return 0.0
     mu, logvar = mu.float(), logvar.float()
     z = reparameterize(mu, logvar)[:, 0]  # [N, D]
-    neg_entropy = -gaussian_entropy(logvar).mean()
+    # log q(z|x) at the same draw as log q(z) (not the analytic entropy): the noise of the two cancels.
+    log_qz_x = log_normal(z, mu, logvar).mean()
     log_qz = []
     for start in range(0, n, chunk):
         z_part = z[start : start + chunk].unsqueeze(1)  # [c, 1, D]
         log_dens = log_normal(z_part, mu.unsqueeze(0), logvar.unsqueeze(0))  # [c, N]
         log_qz.append(torch.logsumexp(log_dens, dim=1) - math.log(n))
-    return float(neg_entropy - torch.cat(log_qz).mean())
+    return float(log_qz_x - torch.cat(log_qz).mean())
 
 
 def active_units(mu: Tensor, threshold: float = 0.01) -> int:
     """Number of dimensions with Cov_x(E_q[z|x]) above `threshold`. mu: [N, D]."""
-    if mu.shape[0] < 2:
+    if mu.shape[0] < 2 or mu.shape[1] == 0:
         return 0
     return int((mu.float().var(dim=0, unbiased=False) > threshold).sum())

@@ -109,8 +109,18 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.position = Position(**state["position"])
         set_rng_state(state["rng"])
+        self._drop_metrics_after(self.position.step)
         log.info("resumed %s at step %d", self.run_dir, self.position.step)
         return True
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Forget evaluations logged after the checkpoint (a kill between the two), so none is doubled."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+            if len(kept) != len(lines):
+                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # -- the loop ------------------------------------------------------------------------------
     def train_step(self, batch: Any) -> dict[str, float] | None:
@@ -164,9 +174,11 @@ class Trainer:
                 step = self.position.step
                 if step % train.log_every == 0 and window["stats"]:
                     self._log_train(writer, bar, window)
-                evaluated = step % train.eval_every == 0 or step == train.max_steps
-                if evaluated:
-                    metrics = self.evaluate(writer)
+                evaluated = step % train.eval_every == 0
+                if evaluated or step == train.max_steps:
+                    # An extra evaluation at the last step only reports: the LR schedule, best.pt and early
+                    # stopping see the eval_every grid alone, so a run extended later matches a longer one.
+                    metrics = self.evaluate(writer, scheduled=evaluated)
                     stop = 0 < train.early_stopping <= self.position.bad_evals
                 if evaluated or step % checkpoint_every == 0:
                     save_checkpoint(self.state_dict(), self.last_path)
@@ -191,17 +203,19 @@ class Trainer:
         bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", tok_s=f"{means['tokens_per_s']:.0f}")
         window.update(tokens=0, time=now, stats=[])
 
-    def evaluate(self, writer) -> dict[str, Any]:
-        """Validate, log, step the LR scheduler, keep best.pt, count evaluations without improvement."""
+    def evaluate(self, writer, scheduled: bool = True) -> dict[str, Any]:
+        """Validate and log; when `scheduled`, also step the LR scheduler, keep best.pt, count stalls."""
         step = self.position.step
         metrics = self.evaluate_fn(self.model)
         objective = metrics["nelbo"]
-        self.scheduler.step(objective)
+        if scheduled:
+            self.scheduler.step(objective)
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 writer.add_scalar(f"val/{key}", value, step)
         if metrics.get("kl_per_dim"):
             writer.add_histogram("val/kl_per_dim", torch.tensor(metrics["kl_per_dim"]), step)
+        writer.add_scalar("val/loss", objective, step)
         writer.add_scalar("val/lr", self.optimizer.param_groups[0]["lr"], step)
         if self.report_text is not None:
             for tag, text in self.report_text(self.model).items():
@@ -209,10 +223,10 @@ class Trainer:
         record = {"step": step, "epoch": self.position.epoch, "split": "valid", "metrics": metrics}
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        if objective < self.position.best:
+        if scheduled and objective < self.position.best:
             self.position.best, self.position.bad_evals = objective, 0
             save_checkpoint(self.state_dict(), self.best_path)
-        else:
+        elif scheduled:
             self.position.bad_evals += 1
         log.info(
             "step %d: val nelbo %.3f rec %.3f kl %.3f nll %.3f ppl %.2f mi %.3f au %d",

@@ -1,0 +1,97 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_sentences
+
+from textvae.config import DataConfig, ModelConfig
+from textvae.core.objective import elbo
+from textvae.data.batching import TextSplit
+from textvae.data.tokenizer import WordTokenizer
+from textvae.models import build_text_model
+
+
+@pytest.fixture(scope="module")
+def split():
+    sentences = make_sentences(40)
+    tok = WordTokenizer.build(sentences, DataConfig())
+    return TextSplit(sentences, tok, 30)
+
+
+def _model(split, **kwargs):
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_dim=8, hidden_size=12, latent_dim=3, **kwargs)
+    return build_text_model(config, split.tokenizer)
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True), (3, True)])
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_vae_shapes_and_gradients(split, layers, bidirectional, batch_size):
+    model = _model(split, num_layers=layers, bidirectional=bidirectional)
+    batch = split.collate(list(range(batch_size)))
+    mu, logvar = model.encode(batch)
+    assert mu.shape == logvar.shape == (batch_size, 3)
+    assert model.log_likelihood(batch, torch.randn(batch_size, 4, 3)).shape == (batch_size, 4)
+    terms = elbo(model, batch, kl_weight=1.0)
+    assert terms.rec.shape == terms.kl.shape == (batch_size,)
+    terms.loss.backward()
+    assert model.encoder.weight_ih_l0.grad.abs().sum() > 0  # the encoder learns through z
+    assert model.decoder.latent_to_state.weight.grad.abs().sum() > 0
+
+
+def test_lm_shapes_batch_size_one(split):
+    model = _model(split, name="lstm_lm", num_layers=2)
+    assert model.latent_dim == 0
+    terms = elbo(model, split.collate([3]), kl_weight=1.0)
+    assert terms.rec.shape == (1,) and float(terms.kl) == 0.0
+    terms.loss.backward()
+
+
+def test_padding_free_likelihood_matches_full_softmax(split):
+    model = _model(split).eval()
+    batch = split.collate(list(range(6)))
+    z = torch.randn(6, 1, 3)
+    decoder = model.decoder
+    hidden, _ = decoder.hidden(batch.tokens[:, :-1], z[:, 0])
+    logits = decoder.output(hidden)
+    targets = batch.tokens[:, 1:]
+    full = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=decoder.pad_id, reduction="none").sum(1)
+    assert torch.allclose(model.log_likelihood(batch, z)[:, 0], -full, atol=1e-5)
+
+
+def test_several_samples_equal_one_at_a_time(split):
+    model = _model(split).eval()
+    batch = split.collate([0, 1, 2])
+    z = torch.randn(3, 4, 3)
+    together = model.log_likelihood(batch, z)
+    apart = torch.cat([model.log_likelihood(batch, z[:, k : k + 1]) for k in range(4)], 1)
+    assert torch.allclose(together, apart, atol=1e-5)
+
+
+def test_padding_does_not_change_the_encoding(split):
+    model = _model(split, bidirectional=True).eval()
+    short = min(range(len(split)), key=split.lengths.__getitem__)
+    longest = max(range(len(split)), key=split.lengths.__getitem__)
+    alone, _ = model.encode(split.collate([short]))
+    padded, _ = model.encode(split.collate([short, longest]))
+    assert torch.allclose(alone[0], padded[0], atol=1e-6)
+
+
+def test_z_changes_the_decoder_output(split):
+    model = _model(split).eval()
+    batch = split.collate([0])
+    first = model.log_likelihood(batch, torch.zeros(1, 1, 3))
+    second = model.log_likelihood(batch, torch.full((1, 1, 3), 2.0))
+    assert not torch.allclose(first, second)
+
+
+def test_word_dropout_is_off_in_eval_mode(split):
+    model = _model(split, word_dropout=0.9)
+    batch = split.collate([0, 1])
+    z = torch.randn(2, 1, 3)
+    model.eval()
+    assert torch.equal(model.log_likelihood(batch, z), model.log_likelihood(batch, z))
+    model.train()
+    torch.manual_seed(0)
+    noisy = model.log_likelihood(batch, z)
+    model.eval()
+    assert not torch.allclose(noisy, model.log_likelihood(batch, z))

@@ -1,0 +1,113 @@
+"""End to end on the tiny config: train -> save -> resume -> evaluate, and the CLI's errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from textvae import config as config_lib
+from textvae.cli import main
+from textvae.pipeline import train
+
+
+def _config(tiny_config_path, corpus_dir, *overrides):
+    return config_lib.load(tiny_config_path, [f"data.corpus={corpus_dir}", *overrides])
+
+
+def test_resumed_run_reaches_the_same_parameters(tiny_config_path, corpus_dir, tmp_path):
+    # word dropout and embedding dropout on, so that the RNG state must be restored exactly too
+    extra = ("model.word_dropout=0.3", "model.embedding_dropout=0.2", "train.eval_every=4", "optim.lr_patience=0")
+    train(_config(tiny_config_path, corpus_dir, "train.max_steps=12", *extra), tmp_path / "straight")
+    train(_config(tiny_config_path, corpus_dir, "train.max_steps=6", *extra), tmp_path / "resumed")
+    train(_config(tiny_config_path, corpus_dir, "train.max_steps=12", *extra), tmp_path / "resumed")
+    straight = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
+    assert straight["position"] == resumed["position"]
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert straight["scheduler"] == resumed["scheduler"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 6, 8, 12]  # the report-only evaluation at the first run's end is kept, nothing doubled
+    exp_avg = [s["exp_avg"] for s in straight["optimizer"]["state"].values()]
+    exp_avg_resumed = [s["exp_avg"] for s in resumed["optimizer"]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(exp_avg, exp_avg_resumed))
+
+
+def test_cli_trains_and_evaluates_the_tiny_config(tiny_config_path, corpus_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_config_path), "--set", f"data.corpus={corpus_dir}", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert str(run) in out and "tensorboard --logdir" in out
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "tokenizer/vocab.txt", "tokenizer/tokenizer.json"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20]
+    assert all(r["split"] == "valid" and "nelbo" in r["metrics"] for r in records)
+
+    assert main(["evaluate", str(run), "--iw-samples", "7", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for key in ("nelbo", "rec", "kl", "nll", "ppl", "mi", "au", "sentences", "tokens", "iw_samples"):
+        assert key in metrics
+    assert metrics["iw_samples"] == 7 and metrics["sentences"] == 40
+    assert metrics["nll"] <= metrics["nelbo"] + 0.5  # IW bound is at least as tight as the ELBO (up to noise)
+
+
+def test_lm_baseline_reports_exact_nll_and_no_latent(tiny_config_path, corpus_dir, tmp_path, capsys):
+    run = tmp_path / "lm"
+    main(["train", str(tiny_config_path), "--set", f"data.corpus={corpus_dir}", "--set", "model.name=lstm_lm",
+          "--set", "train.max_steps=5", "--run-dir", str(run)])  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "valid", "--iw-samples", "3", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["kl"] == metrics["mi"] == metrics["au"] == 0
+    assert metrics["nll"] == pytest.approx(metrics["nelbo"])
+
+
+def test_resuming_with_another_model_is_refused(tiny_config_path, corpus_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", str(tiny_config_path), "--set", f"data.corpus={corpus_dir}", "--run-dir", str(run)]
+    assert main(base + ["--set", "train.max_steps=3"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--set", "model.hidden_size=32"]) == 2
+    assert "model.hidden_size" in capsys.readouterr().err
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("textvae: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_gives_one_clear_line(tiny_config_path, corpus_dir, tmp_path, capsys):
+    tiny, run = str(tiny_config_path), str(tmp_path / "r")
+    assert "config file not found" in _error(capsys, ["train", str(tmp_path / "none.yaml")])
+    assert "unknown config key train.max_stepz" in _error(capsys, ["train", tiny, "--set", "train.max_stepz=3"])
+    assert "expected int" in _error(capsys, ["train", tiny, "--set", "train.max_steps=abc"])
+    assert "corpus not found" in _error(
+        capsys, ["train", tiny, "--set", f"data.corpus={tmp_path / 'missing.txt'}", "--run-dir", run]
+    )
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok line\n\xc3\x28 broken\n")
+    assert "line 2 is not valid UTF-8" in _error(
+        capsys, ["train", tiny, "--set", f"data.corpus={bad}", "--run-dir", run]
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    assert "empty" in _error(capsys, ["train", tiny, "--set", f"data.corpus={empty}", "--run-dir", run])
+    assert "run directory not found" in _error(capsys, ["evaluate", str(tmp_path / "nope")])
+    (tmp_path / "notrun").mkdir()
+    assert "not a textvae run directory" in _error(capsys, ["evaluate", str(tmp_path / "notrun")])
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "textvae", "train", str(tmp_path / "missing.yaml")], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"textvae: error: config file not found: {tmp_path / 'missing.yaml'}"
