@@ -53,6 +53,7 @@ def test_cli_trains_and_evaluates_the_tiny_config(tiny_config_path, corpus_dir, 
     for key in ("nelbo", "rec", "kl", "nll", "ppl", "mi", "au", "sentences", "tokens", "iw_samples"):
         assert key in metrics
     assert metrics["iw_samples"] == 7 and metrics["sentences"] == 40
+    assert metrics["checkpoint_step"] in (10, 20)  # best.pt
     assert metrics["nll"] <= metrics["nelbo"] + 0.5  # IW bound is at least as tight as the ELBO (up to noise)
 
 
@@ -111,3 +112,10 @@ def test_console_script_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"textvae: error: config file not found: {tmp_path / 'missing.yaml'}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tiny_run_on_cuda(tiny_config_path, corpus_dir, tmp_path):
+    config = _config(tiny_config_path, corpus_dir, "train.device=cuda", "train.precision=bf16")
+    metrics = train(config, tmp_path / "cuda")
+    assert metrics is not None and metrics["nelbo"] > 0

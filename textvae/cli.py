@@ -1,4 +1,6 @@
-"""The `textvae` command: train and evaluate. Prints; a user's mistake is one line on stderr, exit 2."""
+"""The `textvae` command: train, evaluate, sample, reconstruct, interpolate.
+
+It prints; a user's mistake is one line on stderr and exit status 2."""
 
 from __future__ import annotations
 
@@ -27,7 +29,38 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iw-samples", type=int, default=500, help="importance samples for the NLL (default 500)")
     evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sample = commands.add_parser("sample", help="decode sentences from the prior")
+    sample.add_argument("run_dir")
+    sample.add_argument("-n", type=int, default=5, help="number of sentences (default 5)")
+    _decoding_options(sample)
+
+    reconstruct = commands.add_parser("reconstruct", help="encode sentences and decode their posterior means")
+    reconstruct.add_argument("run_dir")
+    reconstruct.add_argument("sentences", nargs="+", metavar="SENTENCE")
+    _decoding_options(reconstruct)
+
+    interpolate = commands.add_parser("interpolate", help="decode points between two sentences' posterior means")
+    interpolate.add_argument("run_dir")
+    interpolate.add_argument("sentence_a", metavar="SENTENCE_A")
+    interpolate.add_argument("sentence_b", metavar="SENTENCE_B")
+    interpolate.add_argument("--steps", type=int, default=5, help="points, both ends included (default 5)")
+    interpolate.add_argument("--method", default="lerp", choices=["lerp", "slerp"])
+    interpolate.add_argument("--dedupe", action="store_true", help="drop a line equal to the one before it")
+    _decoding_options(interpolate)
     return parser
+
+
+def _decoding_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decode", default="greedy", choices=["greedy", "beam", "sample"])
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam: score / length**this")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="sample: keep the k most likely tokens (0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="sample: nucleus mass (1: all)")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per sentence (default: the run's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -66,13 +99,48 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from textvae.api import load
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    options = {"strategy": args.decode, "beam_size": args.beam_size, "length_penalty": args.length_penalty,
+               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}  # fmt: skip
+    if args.max_length is not None:
+        options["max_length"] = args.max_length
+    model = load(run_dir)
+    try:
+        if args.command == "sample":
+            if args.n < 1:
+                raise UserError("-n must be at least 1")
+            lines = model.sample(args.n, seed=args.seed, **options)
+        elif args.command == "reconstruct":
+            lines = model.reconstruct(args.sentences, seed=args.seed, **options)
+        else:
+            lines = model.interpolate(args.sentence_a, args.sentence_b, args.steps, args.method, args.dedupe,
+                                      seed=args.seed, **options)  # fmt: skip
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if args.json:
+        record = {"command": args.command, "sentences": lines, "decoding": options}
+        if args.command == "reconstruct":
+            record["inputs"] = args.sentences
+        print(json.dumps(record))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "train":
             return _train(args)
-        return _evaluate(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _generate(args)
     except UserError as error:
         print(f"textvae: error: {error}", file=sys.stderr)
         return 2

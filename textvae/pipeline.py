@@ -19,7 +19,7 @@ from textvae.data.batching import TextSplit
 from textvae.data.corpus import load_corpus
 from textvae.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from textvae.errors import UserError
-from textvae.generate import decode
+from textvae.generate import Decoding, decode, interpolation_path
 from textvae.models import build_text_model
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class TextRun:
     model: nn.Module
     splits: dict[str, TextSplit]
     device: torch.device
+    step: int = 0  # the optimizer step of the loaded checkpoint
 
 
 def prepare(config: Config, run_dir: Path, splits: tuple[str, ...] = ("train", "valid", "test")) -> TextRun:
@@ -77,26 +78,30 @@ def check_resumable(config: Config, run_dir: Path) -> None:
 
 
 def text_report(run: TextRun, count: int, seed: int = 0):
-    """A callback for the trainer: prior samples and reconstructions of fixed validation sentences."""
+    """A callback for the trainer: prior samples, reconstructions of fixed validation sentences and
+    one interpolation between two of them, greedy-decoded, as text for TensorBoard."""
     valid = run.splits["valid"]
-    fixed = valid.collate(list(range(min(count, len(valid)))))
+    fixed = valid.collate(list(range(min(max(count, 2), len(valid)))))
+    tok = run.tokenizer
 
     def report(model: nn.Module) -> dict[str, str]:
         was_training = model.training
         model.eval()
-        tok = run.tokenizer
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
             if model.latent_dim:
-                prior = torch.randn(count, model.latent_dim, device=run.device)
+                prior = torch.randn(count, model.latent_dim).to(run.device)
                 samples = decode(model.decoder, prior, tok.bos_id, tok.eos_id)
-                batch = fixed.to(run.device)
-                mu, _ = model.encode(batch)
+                mu, _ = model.encode(fixed.to(run.device))
                 recon = decode(model.decoder, mu, tok.bos_id, tok.eos_id)
-                pairs = [f"{tok.decode(s[1:-1])}  →  {tok.decode(r)}" for s, r in zip(fixed.tokens.tolist(), recon)]
-                texts = {"reconstructions": "\n\n".join(pairs)}
+                path = decode(model.decoder, interpolation_path(mu[0], mu[1], 5), tok.bos_id, tok.eos_id)
+                sources = [tok.decode(s) for s in fixed.tokens.tolist()]
+                texts = {
+                    "reconstructions": "\n\n".join(f"{s}  →  {tok.decode(r)}" for s, r in zip(sources, recon)),
+                    "interpolation": "\n\n".join(tok.decode(row) for row in path),
+                }
             else:
-                samples = decode(model.decoder, None, tok.bos_id, tok.eos_id, method="sample", num=count)
+                samples = decode(model.decoder, None, tok.bos_id, tok.eos_id, Decoding(strategy="sample"), num=count)
                 texts = {}
         model.train(was_training)
         texts["samples"] = "\n\n".join(tok.decode(s) for s in samples)
@@ -143,7 +148,7 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
         raise UserError(f"{path}: checkpoint does not match the model in {config_file}") from None
     device = resolve_device(config.train.device)
     model.to(device).eval()
-    return TextRun(config, tokenizer, model, {}, device)
+    return TextRun(config, tokenizer, model, {}, device, state["position"]["step"])
 
 
 def evaluate_run(run_dir: Path, split: str, iw_samples: int, precision: str = "fp32") -> dict[str, Any]:
@@ -156,5 +161,5 @@ def evaluate_run(run_dir: Path, split: str, iw_samples: int, precision: str = "f
     batches = [data.collate(b) for b in data.ordered(run.config.train.eval_batch_size)]
     metrics = evaluate(run.model, batches, iw_samples, run.device, precision)
     metrics["split"] = split
-    metrics["checkpoint_step"] = None
+    metrics["checkpoint_step"] = run.step
     return metrics

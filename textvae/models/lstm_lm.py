@@ -63,6 +63,11 @@ class LSTMDecoder(nn.Module):
         hidden, state = self.hidden(token.unsqueeze(1), z, state)
         return self.output(hidden[:, 0]).float(), state
 
+    @staticmethod
+    def reorder_state(state: tuple[Tensor, Tensor], index: Tensor) -> tuple[Tensor, Tensor]:
+        """Pick rows of the (h, c) state, for beam search. index: [M] -> each [layers, M, H]."""
+        return state[0].index_select(1, index), state[1].index_select(1, index)
+
 
 class LSTMLM(nn.Module):
     """LSTM language model: the VAE's decoder without a latent code. Its log-likelihood is exact."""
