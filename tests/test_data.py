@@ -1,6 +1,5 @@
 import pytest
 import torch
-from conftest import make_sentences
 
 from textvae.config import DataConfig
 from textvae.data import corpus as corpus_lib
@@ -17,6 +16,8 @@ from textvae.data.tokenizer import (
     load_tokenizer,
 )
 from textvae.errors import UserError
+
+from conftest import make_sentences
 
 
 def test_directory_corpus_has_three_splits(corpus_dir):

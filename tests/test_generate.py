@@ -55,7 +55,7 @@ def test_beam_search_finds_the_best_sequence_exhaustively():
     candidates = [seq for n in range(max_length + 1) for seq in itertools.product(words, repeat=n)]
     torch.manual_seed(2)
     greedy_missed = 0
-    for row in range(4):
+    for _ in range(4):
         z = torch.randn(1, 2) * 2
         best = max(candidates, key=lambda seq: _score(decoder, z, seq, max_length))
         options = Decoding(strategy="beam", beam_size=len(candidates), length_penalty=0.0, max_length=max_length)

@@ -1,13 +1,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_sentences
 
 from textvae.config import DataConfig, ModelConfig
 from textvae.core.objective import elbo
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.models import build_text_model
+
+from conftest import make_sentences
 
 
 @pytest.fixture(scope="module")
