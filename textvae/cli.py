@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from textvae.errors import UserError
+from textvae.errors import TrainingStopped, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,8 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             return _evaluate(args)
         return _generate(args)
+    except TrainingStopped as error:
+        print(f"textvae: {error}", file=sys.stderr)
+        return error.exit_code
     except UserError as error:
         print(f"textvae: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an unwritable run directory, a full disk: the last checkpoint stays intact
+        print(f"textvae: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("textvae: interrupted", file=sys.stderr)

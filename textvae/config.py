@@ -81,6 +81,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32)
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    max_nonfinite_steps: int = 20  # consecutive skipped (NaN/inf) steps before the run stops
 
 
 @dataclass(frozen=True)

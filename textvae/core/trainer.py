@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from textvae.core.checkpoint import load_checkpoint, rng_state, save_checkpoint,
 from textvae.core.evaluation import autocast
 from textvae.core.objective import elbo
 from textvae.core.schedules import kl_weight
-from textvae.errors import UserError
+from textvae.errors import TrainingStopped, UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class Position:
     best: float = math.inf  # best validation objective (nelbo)
     bad_evals: int = 0  # evaluations since the best one
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    skipped_in_row: int = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,6 +100,9 @@ class Trainer:
 
     def resume(self) -> bool:
         """Restore everything from last.pt when it exists; return whether it did."""
+        if self.last_path.parent.is_dir():
+            for stale in self.last_path.parent.glob("*.tmp"):  # a write cut short by a kill
+                stale.unlink()
         if not self.last_path.is_file():
             torch.manual_seed(self.config.train.seed)
             return False
@@ -136,8 +142,16 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if not (torch.isfinite(terms.loss) and torch.isfinite(grad_norm)):
             self.position.skipped += 1
+            self.position.skipped_in_row += 1
             log.warning("step %d: non-finite loss or gradient, step skipped", self.position.step)
+            if self.position.skipped_in_row >= self.config.train.max_nonfinite_steps:
+                raise TrainingStopped(
+                    f"{self.position.skipped_in_row} non-finite steps in a row at step {self.position.step}: the run "
+                    f"diverged; {self.last_path} holds the last good state (try a lower optim.lr)",
+                    exit_code=3,
+                )
             return None
+        self.position.skipped_in_row = 0
         self.optimizer.step()
         return {
             "loss": float(terms.loss.detach()),
@@ -148,7 +162,28 @@ class Trainer:
         }
 
     def fit(self) -> dict[str, Any] | None:
-        """Train until train.max_steps (or early stopping); return the last validation metrics."""
+        """Train until train.max_steps (or early stopping); return the last validation metrics.
+
+        SIGTERM / SIGINT finish the current step, write last.pt and raise TrainingStopped.
+        """
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return self._fit()
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in previous:
+            signal.signal(sig, self._on_signal)
+        try:
+            return self._fit()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None:  # a second signal: stop now, the last checkpoint stays as it is
+            raise KeyboardInterrupt
+        self._signal = signum
+
+    def _fit(self) -> dict[str, Any] | None:
         from torch.utils.tensorboard import SummaryWriter
 
         train = self.config.train
@@ -180,8 +215,14 @@ class Trainer:
                     # stopping see the eval_every grid alone, so a run extended later matches a longer one.
                     metrics = self.evaluate(writer, scheduled=evaluated)
                     stop = 0 < train.early_stopping <= self.position.bad_evals
-                if evaluated or step % checkpoint_every == 0:
+                if evaluated or step % checkpoint_every == 0 or self._signal is not None:
                     save_checkpoint(self.state_dict(), self.last_path)
+                if self._signal is not None:
+                    name = signal.Signals(self._signal).name
+                    raise TrainingStopped(
+                        f"stopped by {name} at step {step}; {self.last_path} is saved: run the same command to resume",
+                        exit_code=128 + self._signal,
+                    )
             if self.position.batch >= len(plan):
                 self.position.epoch += 1
                 self.position.batch = 0

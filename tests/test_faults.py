@@ -1,0 +1,137 @@
+"""Faults: kills, signals, non-finite steps, a full disk, foreign checkpoints."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from textvae import config as config_lib
+from textvae.cli import main
+from textvae.core.trainer import Trainer
+from textvae.errors import TrainingStopped
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sigkill_at_random_moments_resumes_to_identical_parameters():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/fault_inject.py"), "--kills", "3", "--steps", "200", "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert report["kills"] == 3 and report["resumes"] >= 3
+    assert report["final_step"] == 200 and report["positions_equal"]
+    assert report["max_abs_param_diff"] == 0.0
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_config_path, corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "textvae", "train", str(tiny_config_path), "--run-dir", str(run),
+            "--set", f"data.corpus={corpus_dir}", "--set", "train.max_steps=100000",
+            "--set", "train.checkpoint_every=100000", "--set", "train.eval_every=100000"]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not (run / "tb").is_dir() and time.time() < deadline:  # tb/ appears once the trainer runs
+        time.sleep(0.05)
+    time.sleep(1.0)  # some training steps
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    state = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert state["position"]["step"] > 0  # written on the signal, not on a schedule
+
+
+class _Source:
+    """A batch source of fixed random batches for a model-agnostic trainer test."""
+
+    def plan(self, epoch, batch_size, max_tokens=0, seed=0):
+        return [[i] for i in range(4)]
+
+    def collate(self, indices):
+        batch = SimpleNamespace(x=torch.full((2, 3), float(indices[0])), size=2, num_tokens=6)
+        batch.to = lambda device: batch
+        return batch
+
+
+class _Exploding(torch.nn.Module):
+    """Finite for the first `good` calls, then NaN."""
+
+    latent_dim = 0
+
+    def __init__(self, good):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+        self.calls, self.good = 0, good
+
+    def log_likelihood(self, batch, z):
+        self.calls += 1
+        value = -(batch.x * self.weight).pow(2).sum(-1, keepdim=True)
+        return value if self.calls <= self.good else value * float("nan")
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops_with_its_checkpoint(tmp_path):
+    config = config_lib.from_dict({"train": {"max_steps": 50, "eval_every": 5, "max_nonfinite_steps": 4,
+                                             "log_every": 1, "device": "cpu"}})  # fmt: skip
+    model = _Exploding(good=7)
+    trainer = Trainer(model, _Source(), lambda m: {"nelbo": 1.0, "rec": 1.0, "kl": 0.0, "nll": 1.0, "ppl": 1.0,
+                                                   "mi": 0.0, "au": 0}, config, tmp_path, torch.device("cpu"))  # fmt: skip
+    with pytest.raises(TrainingStopped, match="non-finite steps in a row") as stopped:
+        trainer.fit()
+    assert stopped.value.exit_code == 3
+    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    # steps 8-11 are NaN and skipped (parameters untouched); the checkpoint of step 10 holds the good state
+    assert state["position"]["step"] == 10
+    assert torch.isfinite(state["model"]["weight"]).all()
+    assert trainer.position.skipped == 4
+
+
+def test_full_disk_keeps_the_last_checkpoint_and_prints_one_line(
+    tiny_config_path, corpus_dir, tmp_path, capsys, monkeypatch
+):
+    run = tmp_path / "run"
+    base = ["train", str(tiny_config_path), "--set", f"data.corpus={corpus_dir}", "--run-dir", str(run)]
+    assert main(base + ["--set", "train.max_steps=10"]) == 0
+    capsys.readouterr()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("textvae.core.checkpoint.torch.save", no_space)
+    assert main(base + ["--set", "train.max_steps=30"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("textvae: error: No space left on device") and "\n" not in err
+    monkeypatch.undo()
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["position"]["step"] == 10
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+def test_run_dir_that_cannot_be_created_is_one_line(tiny_config_path, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["train", str(tiny_config_path), "--run-dir", str(blocker / "run")]) == 2
+    assert capsys.readouterr().err.startswith("textvae: error:")
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_config_path, corpus_dir, tmp_path, capsys):
+    common = ["--set", f"data.corpus={corpus_dir}", "--set", "train.max_steps=3"]
+    assert main(["train", str(tiny_config_path), "--run-dir", str(tmp_path / "vae"), *common]) == 0
+    assert main(["train", str(tiny_config_path), "--run-dir", str(tmp_path / "lm"), *common,
+                 "--set", "model.name=lstm_lm"]) == 0  # fmt: skip
+    capsys.readouterr()
+    for name in ("best.pt", "last.pt"):
+        (tmp_path / "vae/checkpoints" / name).write_bytes((tmp_path / "lm/checkpoints/last.pt").read_bytes())
+    assert main(["evaluate", str(tmp_path / "vae"), "--iw-samples", "2"]) == 2
+    assert "does not match" in capsys.readouterr().err
+    (tmp_path / "vae/checkpoints/last.pt").write_bytes(b"not a checkpoint")
+    assert main(["train", str(tiny_config_path), "--run-dir", str(tmp_path / "vae"), *common]) == 2
+    assert "not a readable textvae checkpoint" in capsys.readouterr().err
