@@ -83,8 +83,8 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_with_its_checkpoint(tmp
     config = config_lib.from_dict({"train": {"max_steps": 50, "eval_every": 5, "max_nonfinite_steps": 4,
                                              "log_every": 1, "device": "cpu"}})  # fmt: skip
     model = _Exploding(good=7)
-    trainer = Trainer(model, _Source(), lambda m: {"nelbo": 1.0, "rec": 1.0, "kl": 0.0, "nll": 1.0, "ppl": 1.0,
-                                                   "mi": 0.0, "au": 0}, config, tmp_path, torch.device("cpu"))  # fmt: skip
+    metrics = {"nelbo": 1.0, "rec": 1.0, "kl": 0.0, "nll": 1.0, "ppl": 1.0, "mi": 0.0, "au": 0}
+    trainer = Trainer(model, _Source(), lambda m: metrics, config, tmp_path, torch.device("cpu"))
     with pytest.raises(TrainingStopped, match="non-finite steps in a row") as stopped:
         trainer.fit()
     assert stopped.value.exit_code == 3
