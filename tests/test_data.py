@@ -152,3 +152,18 @@ def test_batch_moves_to_device():
     tok = WordTokenizer.build(["a b"], DataConfig())
     batch = TextSplit(["a b"], tok, 5).collate([0]).to(torch.device("cpu"))
     assert batch.size == 1
+
+
+@pytest.mark.parametrize("head", [b"BZh", b"PK\x03\x04", b"\x04\x22\x4d\x18"])
+def test_text_that_starts_like_an_archive_is_read_as_text(tmp_path, head):
+    path = tmp_path / "c.txt"
+    path.write_bytes(head + b" first line\r\nsecond\rthird\n")
+    lines = corpus_lib.read_lines(path)
+    assert lines == [head.decode() + " first line", "second", "third"]
+
+
+def test_zero_byte_file_is_an_empty_corpus(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"")
+    with pytest.raises(UserError, match="empty"):
+        load_corpus(str(path))

@@ -118,11 +118,11 @@ def resolve(spec: str) -> tuple[str, dict[str, Path]]:
     raise UserError(f"corpus not found: {spec!r} is neither a known corpus ({', '.join(KNOWN_CORPORA)}) nor a path")
 
 
-def _check_utf8(path: Path) -> None:
-    """Raise UserError naming the first line that is not valid UTF-8."""
+def _decode_utf8(path: Path) -> str:
+    """The file's text; UserError naming the first line that is not valid UTF-8."""
     data = path.read_bytes()
     try:
-        data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {error.start})") from None
@@ -132,11 +132,20 @@ def read_lines(path: Path) -> list[str]:
     """Read a text file, one example per line, with the `datasets` text loader (offline, own cache)."""
     if not path.is_file():
         raise UserError(f"corpus file not found: {path}")
-    _check_utf8(path)
+    text = _decode_utf8(path)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
+    from datasets.utils.extract import Extractor
 
+    if not text:
+        return []
+    if Extractor.infer_extractor_format(str(path)):
+        # Text that happens to start like an archive ("BZh", "PK\x03\x04"): the loader would try to
+        # unpack it. Split it the way the loader does (universal newlines) instead.
+        log.info("%s starts like a compressed file; read as plain text", path)
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        return lines[:-1] if lines[-1] == "" else lines
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     dataset = datasets.load_dataset(
