@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def _train(args: argparse.Namespace) -> int:
 
     config = config_lib.load(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
+        train(config, run_dir)
+        return 0
     print(f"run directory: {run_dir}")
     print(f"watch it with: tensorboard --logdir {run_dir / 'tb'}")
     metrics = train(config, run_dir)
@@ -134,7 +138,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING  # torchrun: rank 0 logs
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "train":
             return _train(args)

@@ -12,11 +12,12 @@ from torch import nn
 
 from textvae import config as config_lib
 from textvae.config import Config
+from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint
 from textvae.core.evaluation import evaluate
 from textvae.core.trainer import Trainer, resolve_device
 from textvae.data.batching import TextSplit
-from textvae.data.corpus import load_corpus
+from textvae.data.corpus import Corpus, load_corpus
 from textvae.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from textvae.errors import UserError
 from textvae.generate import Decoding, decode, interpolation_path
@@ -37,16 +38,21 @@ class TextRun:
     step: int = 0  # the optimizer step of the loaded checkpoint
 
 
-def prepare(config: Config, run_dir: Path, splits: tuple[str, ...] = ("train", "valid", "test")) -> TextRun:
-    """Load the corpus, build (or reload) the run's tokenizer, encode splits, build the model."""
-    corpus = load_corpus(config.data.corpus, config.data.holdout)
-    for note in corpus.notes:
-        log.info("%s", note)
+def run_tokenizer(config: Config, run_dir: Path, corpus: Corpus) -> Tokenizer:
+    """The run's tokenizer: reloaded from RUN_DIR/tokenizer, else built on the training split and saved."""
     tokenizer_dir = run_dir / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(tokenizer_dir)
-    else:
-        tokenizer = build_tokenizer(config.data, corpus.splits["train"], tokenizer_dir)
+        return load_tokenizer(tokenizer_dir)
+    return build_tokenizer(config.data, corpus.splits["train"], tokenizer_dir)
+
+
+def prepare(config: Config, run_dir: Path, splits: tuple[str, ...], corpus: Corpus | None = None) -> TextRun:
+    """Load the corpus, build (or reload) the run's tokenizer, encode splits, build the model."""
+    if corpus is None:
+        corpus = load_corpus(config.data.corpus, config.data.holdout)
+        for note in corpus.notes:
+            log.info("%s", note)
+    tokenizer = run_tokenizer(config, run_dir, corpus)
     encoded = {}
     for name in splits:
         encoded[name] = TextSplit(corpus.splits[name], tokenizer, config.data.max_length)
@@ -55,6 +61,7 @@ def prepare(config: Config, run_dir: Path, splits: tuple[str, ...] = ("train", "
                         config.data.max_length)  # fmt: skip
     log.info("vocabulary %d (%s); %s", len(tokenizer), tokenizer.kind,
              ", ".join(f"{k} {len(v)} sentences" for k, v in encoded.items()))  # fmt: skip
+    torch.manual_seed(config.train.seed)  # the model's initialization depends on the seed alone
     model = build_text_model(config.model, tokenizer)
     return TextRun(config, tokenizer, model, encoded, resolve_device(config.train.device))
 
@@ -111,16 +118,37 @@ def text_report(run: TextRun, count: int, seed: int = 0):
 
 
 def train(config: Config, run_dir: Path) -> dict[str, Any] | None:
-    """Train (or resume) a text run in `run_dir`; return the last validation metrics."""
+    """Train (or resume) a text run in `run_dir`; return the last validation metrics.
+
+    Under torchrun each process trains on its share of every batch (DistributedDataParallel).
+    """
+    device = distributed.init(config.train.device)
+    try:
+        return _train(config, run_dir, device)
+    finally:
+        distributed.shutdown()
+
+
+def _train(config: Config, run_dir: Path, device: torch.device | None) -> dict[str, Any] | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     check_resumable(config, run_dir)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    torch.manual_seed(config.train.seed)  # the model's initialization depends on the seed alone
-    run = prepare(config, run_dir, ("train", "valid"))
-    config_lib.save(config, run_dir / "config.yaml")
+    corpus = load_corpus(config.data.corpus, config.data.holdout)
+    for note in corpus.notes:
+        log.info("%s", note)
+    if distributed.is_main():  # the tokenizer and config are written once, then read by every rank
+        run_tokenizer(config, run_dir, corpus)
+        config_lib.save(config, run_dir / "config.yaml")
+    if distributed.active():
+        torch.distributed.barrier()
+    run = prepare(config, run_dir, ("train", "valid"), corpus)
+    if device is not None:
+        run.device = device
     train_cfg = config.train
-    valid_batches = [run.splits["valid"].collate(b) for b in run.splits["valid"].ordered(train_cfg.eval_batch_size)]
+    rank, world = distributed.rank(), distributed.world_size()
+    valid_plan = run.splits["valid"].ordered(train_cfg.eval_batch_size)[rank::world]
+    valid_batches = [run.splits["valid"].collate(b) for b in valid_plan]
 
     def evaluate_valid(model: nn.Module) -> dict[str, Any]:
         return evaluate(model, valid_batches, train_cfg.eval_iw_samples, run.device, train_cfg.precision)

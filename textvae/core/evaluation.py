@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from textvae.core import distributed
 from textvae.core.estimators import active_units, iw_log_likelihood, iw_log_weights, mutual_information
 from textvae.core.gaussian import kl_standard_normal
 from textvae.core.objective import LatentModel
@@ -63,6 +64,13 @@ def evaluate(
             totals["nll"] += float(nll.sum())
             examples += batch.size
             tokens += batch.num_tokens
+        if distributed.active():  # each rank saw a shard of the batches: add up, and pool the posteriors
+            summed = distributed.sum_across(torch.tensor([totals["rec"], totals["kl"], totals["nll"], examples, tokens],
+                                                         dtype=torch.float64))  # fmt: skip
+            totals["rec"], totals["kl"], totals["nll"] = summed[:3].tolist()
+            examples, tokens = int(summed[3]), int(summed[4])
+            mus = [t for part in distributed.gather(mus) for t in part]
+            logvars = [t for part in distributed.gather(logvars) for t in part]
         mu_all = torch.cat(mus) if mus else torch.zeros(examples, 0)
         logvar_all = torch.cat(logvars) if logvars else torch.zeros(examples, 0)
         mi = mutual_information(mu_all, logvar_all)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from textvae.core.gaussian import kl_standard_normal, reparameterize
 
@@ -62,3 +62,15 @@ def elbo(
     kl_per_dim = kl_standard_normal(mu.float(), logvar.float())
     loss = rec.mean() + kl_weight * free_bits_kl(kl_per_dim, free_bits, free_bits_mode)
     return ElboTerms(loss=loss, rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, mu=mu)
+
+
+class ElboModule(nn.Module):
+    """The ELBO of `model` as a module's forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any, kl_weight: float, free_bits: float = 0.0, free_bits_mode: str = "dim"):
+        terms = elbo(self.model, batch, kl_weight, free_bits, free_bits_mode)
+        return {"loss": terms.loss, "rec": terms.rec, "kl": terms.kl}

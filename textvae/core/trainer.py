@@ -19,9 +19,10 @@ from torch import nn
 from tqdm import tqdm
 
 from textvae.config import Config, to_dict
+from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from textvae.core.evaluation import autocast
-from textvae.core.objective import elbo
+from textvae.core.objective import ElboModule
 from textvae.core.schedules import kl_weight
 from textvae.errors import TrainingStopped, UserError
 
@@ -43,6 +44,13 @@ class Position:
     bad_evals: int = 0  # evaluations since the best one
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
     skipped_in_row: int = 0
+
+
+class _NullWriter:
+    """Stands in for the SummaryWriter on ranks other than 0: only rank 0 writes logs."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,6 +92,11 @@ class Trainer:
             self.optimizer, factor=config.optim.lr_decay, patience=config.optim.lr_patience, min_lr=config.optim.min_lr
         )
         self.position = Position()
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.objective = ElboModule(model)  # wrapped in DistributedDataParallel under torchrun
+        self.train_module: nn.Module = self.objective
+        self._signal: int | None = None
+        self._tokens = 0.0  # real tokens since the last train/ log, all ranks
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
 
@@ -95,8 +108,15 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "position": vars(self.position).copy(),
             "rng": rng_state(),
+            "rng_ranks": distributed.gather(rng_state()) if self.world > 1 else [],
             "config": to_dict(self.config),
         }
+
+    def save(self, path: Path) -> None:
+        """Every rank takes part in building the state (RNG states are gathered); rank 0 writes it."""
+        state = self.state_dict()
+        if self.rank == 0:
+            save_checkpoint(state, path)
 
     def resume(self) -> bool:
         """Restore everything from last.pt when it exists; return whether it did."""
@@ -104,7 +124,8 @@ class Trainer:
             for stale in self.last_path.parent.glob("*.tmp"):  # a write cut short by a kill
                 stale.unlink()
         if not self.last_path.is_file():
-            torch.manual_seed(self.config.train.seed)
+            # ranks draw different dropout masks and z samples, like the examples of one big batch
+            torch.manual_seed(self.config.train.seed + self.rank)
             return False
         state = load_checkpoint(self.last_path)
         try:
@@ -114,7 +135,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.position = Position(**state["position"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []
+        if self.world > 1 and len(ranks) != self.world:
+            log.warning("resuming on %d processes a run saved on %d: random streams restart", self.world, len(ranks))
+            torch.manual_seed(self.config.train.seed + self.rank + self.position.step)
+        else:
+            set_rng_state(ranks[self.rank] if self.world > 1 else state["rng"])
         self._drop_metrics_after(self.position.step)
         log.info("resumed %s at step %d", self.run_dir, self.position.step)
         return True
@@ -122,25 +148,38 @@ class Trainer:
     def _drop_metrics_after(self, step: int) -> None:
         """Forget evaluations logged after the checkpoint (a kill between the two), so none is doubled."""
         path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
+        if self.rank == 0 and path.is_file():
             lines = path.read_text(encoding="utf-8").splitlines()
             kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
             if len(kept) != len(lines):
                 path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # -- the loop ------------------------------------------------------------------------------
-    def train_step(self, batch: Any) -> dict[str, float] | None:
-        """One optimizer step; returns scalars to log, or None when the step was skipped (non-finite)."""
+    def train_step(self, batch: Any, share: float = 1.0) -> dict[str, float] | None:
+        """One optimizer step on this rank's `share` of the global batch.
+
+        Returns global scalars to log, or None when the step was skipped (non-finite loss or gradient).
+        """
         obj = self.config.objective
         weight = kl_weight(obj, self.position.step, self.config.train.max_steps)
         self.model.train()
         with autocast(self.device, self.config.train.precision):
-            terms = elbo(self.model, batch, weight, obj.free_bits, obj.free_bits_mode)
+            terms = self.train_module(batch, weight, obj.free_bits, obj.free_bits_mode)
         self.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        # DDP averages gradients over ranks; scaling by share * world makes that the global-batch mean.
+        (terms["loss"] * share * self.world).backward()
         clip = self.config.optim.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        if not (torch.isfinite(terms.loss) and torch.isfinite(grad_norm)):
+        local = torch.tensor(
+            [float(terms["loss"].detach()) * share, float(terms["rec"].detach().sum()),
+             float(terms["kl"].detach().sum()), batch.size, batch.num_tokens, float(self._signal is not None)],
+            dtype=torch.float64,
+        )  # fmt: skip
+        loss, rec, kl, size, tokens, signals = distributed.sum_across(local).tolist()
+        if signals and self._signal is None:
+            self._signal = signal.SIGTERM  # another rank was signalled: stop together
+        self._tokens += tokens
+        if not (math.isfinite(loss) and torch.isfinite(grad_norm)):
             self.position.skipped += 1
             self.position.skipped_in_row += 1
             log.warning("step %d: non-finite loss or gradient, step skipped", self.position.step)
@@ -153,13 +192,7 @@ class Trainer:
             return None
         self.position.skipped_in_row = 0
         self.optimizer.step()
-        return {
-            "loss": float(terms.loss.detach()),
-            "rec": float(terms.rec.detach().mean()),
-            "kl": float(terms.kl.detach().mean()),
-            "kl_weight": weight,
-            "grad_norm": float(grad_norm),
-        }
+        return {"loss": loss, "rec": rec / size, "kl": kl / size, "kl_weight": weight, "grad_norm": float(grad_norm)}
 
     def fit(self) -> dict[str, Any] | None:
         """Train until train.max_steps (or early stopping); return the last validation metrics.
@@ -190,19 +223,31 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
         self.model.to(self.device)
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.position.step or None)
-        bar = tqdm(total=train.max_steps, initial=self.position.step, dynamic_ncols=True, disable=None)
-        window = {"tokens": 0, "time": time.perf_counter(), "stats": []}
+        self.train_module = self.objective
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_module = torch.nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
+        main = self.rank == 0
+        writer = (
+            SummaryWriter(str(self.run_dir / "tb"), purge_step=self.position.step or None) if main else _NullWriter()
+        )
+        bar = tqdm(
+            total=train.max_steps, initial=self.position.step, dynamic_ncols=True, disable=None if main else True
+        )
+        window = {"time": time.perf_counter(), "stats": []}
+        self._tokens = 0
         metrics, stop = None, False
         checkpoint_every = train.checkpoint_every or train.eval_every
         while self.position.step < train.max_steps and not stop:
             plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed)
+            if self.world > 1:  # every rank needs a share of each batch
+                plan = [indices for indices in plan if len(indices) >= self.world]
             while self.position.batch < len(plan) and self.position.step < train.max_steps and not stop:
-                batch = self.data.collate(plan[self.position.batch]).to(self.device)
-                stats = self.train_step(batch)
+                indices = plan[self.position.batch]
+                shard = indices[self.rank :: self.world]  # the same global plan on every rank, split
+                stats = self.train_step(self.data.collate(shard).to(self.device), len(shard) / len(indices))
                 self.position.batch += 1
                 self.position.step += 1
-                window["tokens"] += batch.num_tokens
                 if stats is not None:
                     window["stats"].append(stats)
                 bar.update(1)
@@ -216,7 +261,7 @@ class Trainer:
                     metrics = self.evaluate(writer, scheduled=evaluated)
                     stop = 0 < train.early_stopping <= self.position.bad_evals
                 if evaluated or step % checkpoint_every == 0 or self._signal is not None:
-                    save_checkpoint(self.state_dict(), self.last_path)
+                    self.save(self.last_path)
                 if self._signal is not None:
                     name = signal.Signals(self._signal).name
                     raise TrainingStopped(
@@ -228,7 +273,7 @@ class Trainer:
                 self.position.batch = 0
         if stop:
             log.info("early stopping at step %d", self.position.step)
-        save_checkpoint(self.state_dict(), self.last_path)
+        self.save(self.last_path)
         bar.close()
         writer.close()
         return metrics
@@ -237,12 +282,13 @@ class Trainer:
         now = time.perf_counter()
         count = len(window["stats"])
         means = {k: sum(s[k] for s in window["stats"]) / count for k in window["stats"][0]}
-        means["tokens_per_s"] = window["tokens"] / max(1e-9, now - window["time"])
+        means["tokens_per_s"] = self._tokens / max(1e-9, now - window["time"])
         means["lr"] = self.optimizer.param_groups[0]["lr"]
         for key, value in means.items():
             writer.add_scalar(f"train/{key}", value, self.position.step)
         bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", tok_s=f"{means['tokens_per_s']:.0f}")
-        window.update(tokens=0, time=now, stats=[])
+        window.update(time=now, stats=[])
+        self._tokens = 0
 
     def evaluate(self, writer, scheduled: bool = True) -> dict[str, Any]:
         """Validate and log; when `scheduled`, also step the LR scheduler, keep best.pt, count stalls."""
@@ -258,15 +304,15 @@ class Trainer:
             writer.add_histogram("val/kl_per_dim", torch.tensor(metrics["kl_per_dim"]), step)
         writer.add_scalar("val/loss", objective, step)
         writer.add_scalar("val/lr", self.optimizer.param_groups[0]["lr"], step)
-        if self.report_text is not None:
-            for tag, text in self.report_text(self.model).items():
+        if self.rank == 0:
+            for tag, text in (self.report_text(self.model) if self.report_text else {}).items():
                 writer.add_text(tag, text, step)
-        record = {"step": step, "epoch": self.position.epoch, "split": "valid", "metrics": metrics}
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            record = {"step": step, "epoch": self.position.epoch, "split": "valid", "metrics": metrics}
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
         if scheduled and objective < self.position.best:
             self.position.best, self.position.bad_evals = objective, 0
-            save_checkpoint(self.state_dict(), self.best_path)
+            self.save(self.best_path)
         elif scheduled:
             self.position.bad_evals += 1
         log.info(

@@ -1,0 +1,66 @@
+"""torch.distributed helpers: one process per device, launched by torchrun (gloo on CPU, NCCL on CUDA)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device_name: str) -> torch.device | None:
+    """Join the process group torchrun set up; return this rank's device (None when not distributed)."""
+    if not launched_by_torchrun():
+        return None
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def sum_across(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over all ranks (a copy; the identity when not distributed)."""
+    if not active():
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shutdown() -> None:
+    if active():
+        dist.destroy_process_group()
