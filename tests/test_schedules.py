@@ -35,3 +35,14 @@ def test_cyclical_total_can_be_set_apart_from_max_steps():
 
 def test_constant_beta():
     assert kl_weight(ObjectiveConfig(kl_schedule="constant", kl_weight=0.4), 123, 1000) == 0.4
+
+
+def test_annealing_can_start_later():
+    config = ObjectiveConfig(kl_schedule="linear", kl_start=0.1, kl_weight=1.0, anneal_start=100, warmup_steps=200)
+    assert [kl_weight(config, s, 1000) for s in (0, 100, 150, 200, 300)] == pytest.approx([0.1, 0.1, 0.55, 1.0, 1.0])
+    logistic_config = ObjectiveConfig(kl_schedule="logistic", anneal_start=1000, warmup_steps=3000)
+    assert kl_weight(logistic_config, 2000, 0) == pytest.approx(0.5)
+    cyclic = ObjectiveConfig(kl_schedule="cyclical", kl_start=0.0, anneal_start=100, cycles=2, cycle_ratio=0.5)
+    assert [kl_weight(cyclic, s, 500) for s in (50, 100, 150, 200, 300, 350)] == pytest.approx(
+        [0.0, 0.0, 0.5, 1.0, 0.0, 0.5]
+    )

@@ -43,8 +43,9 @@ class ModelConfig:
 class ObjectiveConfig:
     kl_schedule: str = "linear"  # constant | linear | logistic | cyclical
     kl_weight: float = 1.0  # the weight the schedule reaches (beta)
-    kl_start: float = 0.0  # the weight at step 0 (linear, cyclical)
-    warmup_steps: int = 10000  # linear: steps from kl_start to kl_weight; logistic: steps to the midpoint x 2
+    kl_start: float = 0.0  # the weight before annealing starts (linear, cyclical)
+    anneal_start: int = 0  # step at which the weight starts to move from kl_start (linear, logistic, cyclical)
+    warmup_steps: int = 10000  # step at which linear reaches kl_weight; logistic's midpoint is halfway there
     logistic_k: float = 0.0025  # logistic steepness (Bowman et al. 2016)
     cycles: int = 4  # cyclical: number of cycles M (Fu et al. 2019)
     cycle_ratio: float = 0.5  # cyclical: share R of each cycle spent increasing
@@ -174,6 +175,14 @@ def validate(config: Config) -> Config:
                 raise UserError(f"config key {dotted}: must be in [0, 1), got {value}")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise UserError(f"config key {dotted}: must not be negative, got {value}")
+    objective = config.objective
+    if objective.kl_schedule in ("linear", "logistic") and objective.warmup_steps <= objective.anneal_start:
+        raise UserError(
+            f"config key objective.warmup_steps: the KL schedule would end (step {objective.warmup_steps}) "
+            f"before it starts (objective.anneal_start {objective.anneal_start})"
+        )
+    if objective.kl_schedule == "cyclical" and 0 < objective.cycle_total_steps < objective.cycles:
+        raise UserError("config key objective.cycle_total_steps: fewer steps than cycles")
     return config
 
 

@@ -10,10 +10,10 @@ def constant(step: int, weight: float) -> float:
 
 
 def linear(step: int, start: float, end: float, warmup_steps: int) -> float:
-    """From `start` at step 0 to `end` at `warmup_steps`, then flat."""
+    """From `start` at step 0 to `end` at `warmup_steps`, then flat (`start` before step 0)."""
     if warmup_steps <= 0:
         return end
-    return start + (end - start) * min(1.0, step / warmup_steps)
+    return start + (end - start) * min(1.0, max(0.0, step / warmup_steps))
 
 
 def logistic(step: int, end: float, k: float, midpoint: float) -> float:
@@ -38,11 +38,14 @@ def cyclical(step: int, start: float, end: float, total_steps: int, cycles: int,
 
 def kl_weight(config: ObjectiveConfig, step: int, max_steps: int) -> float:
     """The KL weight the objective uses at `step` (0-based global step)."""
+    start = config.anneal_start
     if config.kl_schedule == "constant":
         return constant(step, config.kl_weight)
     if config.kl_schedule == "linear":
-        return linear(step, config.kl_start, config.kl_weight, config.warmup_steps)
+        return linear(step - start, config.kl_start, config.kl_weight, config.warmup_steps - start)
     if config.kl_schedule == "logistic":
-        return logistic(step, config.kl_weight, config.logistic_k, config.warmup_steps / 2)
-    total = config.cycle_total_steps or max_steps
-    return cyclical(step, config.kl_start, config.kl_weight, total, config.cycles, config.cycle_ratio)
+        return logistic(step, config.kl_weight, config.logistic_k, (start + config.warmup_steps) / 2)
+    if step < start:
+        return config.kl_start
+    total = config.cycle_total_steps or max(1, max_steps - start)
+    return cyclical(step - start, config.kl_start, config.kl_weight, total, config.cycles, config.cycle_ratio)
