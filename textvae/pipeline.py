@@ -168,6 +168,11 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
     if not path.is_file():
         path = run_dir / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
+    saved = state.get("config", {})
+    current = config_lib.to_dict(config)
+    for section in ("data", "model"):  # keys added to textvae after the checkpoint take their defaults
+        if any(current[section].get(key) != value for key, value in saved.get(section, {}).items()):
+            raise UserError(f"{path}: checkpoint was trained with another {section} config than {config_file}")
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     model = build_text_model(config.model, tokenizer)
     try:
