@@ -1,6 +1,6 @@
 """Kill a training run with SIGKILL at random moments, resume it each time, compare with an uninterrupted run.
 
-    python scripts/fault_inject.py [--kills 20] [--steps 400] [--window 0.3] [--seed 0] [--json]
+    python scripts/fault_inject.py [--kills 20] [--steps 1000] [--window 0.3] [--seed 0] [--json]
 
 Trains configs/text/tiny.yaml on a generated corpus, once straight through and once killed `--kills`
 times and resumed with the same command after each kill. Each kill falls at a random moment within
@@ -61,7 +61,7 @@ def finished(run_dir: Path, steps: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--window", type=float, default=0.3, help="seconds after a checkpoint within which to kill")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
