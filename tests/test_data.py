@@ -167,3 +167,15 @@ def test_zero_byte_file_is_an_empty_corpus(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(UserError, match="empty"):
         load_corpus(str(path))
+
+
+def test_a_one_megabyte_line_is_read_and_truncated(tmp_path):
+    path = tmp_path / "c.txt"
+    long_line = " ".join(["word"] * 200_000)  # 1 MB
+    path.write_text("short one\n" + long_line + "\nanother short\nand more\n", encoding="utf-8")
+    corpus = load_corpus(str(path), holdout=0.25)
+    sentences = [s for split in corpus.splits.values() for s in split]
+    assert long_line in sentences
+    tok = WordTokenizer.build(sentences, DataConfig())
+    split = TextSplit(sentences, tok, max_length=50)
+    assert split.truncated == 1 and max(split.lengths) == 52
