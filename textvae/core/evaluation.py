@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from textvae.core import distributed
 from textvae.core.estimators import active_units, iw_log_likelihood, iw_log_weights, mutual_information
@@ -44,7 +45,7 @@ def evaluate(
     mus, logvars = [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for batch in batches:
+        for batch in tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None):
             batch = batch.to(device)
             with autocast(device, precision):
                 if model.latent_dim == 0:
