@@ -37,6 +37,11 @@ class ModelConfig:
     embedding_dropout: float = 0.0
     output_dropout: float = 0.0
     word_dropout: float = 0.0  # decoder input tokens replaced by <unk> in training mode (Bowman et al. 2016)
+    # Transformer models: embedding_dim is the model width, hidden_size the feed-forward width
+    num_heads: int = 4
+    max_positions: int = 256  # longest sequence (<bos>/<eos> included) the position table covers
+    z_injection: str = "embedding"  # embedding | memory | both (DELLA / Optimus)
+    tie_embeddings: bool = False  # output projection shares the input embedding (Transformer decoder)
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,8 @@ _CHOICES = {
     ("data", "tokenizer"): ("word", "sentencepiece"),
     ("data", "split"): ("whitespace", "punct"),
     ("data", "sentencepiece_type"): ("unigram", "bpe"),
-    ("model", "name"): ("lstm_vae", "lstm_lm"),
+    ("model", "name"): ("lstm_vae", "lstm_lm", "transformer_vae", "transformer_lm"),
+    ("model", "z_injection"): ("embedding", "memory", "both"),
     ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
     ("objective", "free_bits_mode"): ("dim", "vector"),
     ("optim", "name"): ("adam", "sgd"),
@@ -112,6 +118,8 @@ _POSITIVE = {
     ("model", "hidden_size"),
     ("model", "latent_dim"),
     ("model", "num_layers"),
+    ("model", "num_heads"),
+    ("model", "max_positions"),
     ("objective", "cycles"),
     ("optim", "lr"),
     ("train", "max_steps"),
@@ -175,6 +183,12 @@ def validate(config: Config) -> Config:
                 raise UserError(f"config key {dotted}: must be in [0, 1), got {value}")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise UserError(f"config key {dotted}: must not be negative, got {value}")
+    model = config.model
+    if model.name.startswith("transformer"):
+        if model.embedding_dim % model.num_heads:
+            raise UserError(f"config key model.num_heads: {model.num_heads} does not divide model.embedding_dim")
+        if model.max_positions < config.data.max_length + 2:
+            raise UserError("config key model.max_positions: must be at least data.max_length + 2")
     objective = config.objective
     if objective.kl_schedule in ("linear", "logistic") and objective.warmup_steps <= objective.anneal_start:
         raise UserError(

@@ -8,8 +8,14 @@ from textvae.config import ModelConfig
 from textvae.data.tokenizer import Tokenizer
 from textvae.models.lstm_lm import LSTMLM
 from textvae.models.lstm_vae import LSTMVAE
+from textvae.models.transformer_vae import TransformerLM, TransformerVAE
 
-TEXT_MODELS = {"lstm_vae": LSTMVAE, "lstm_lm": LSTMLM}
+TEXT_MODELS = {
+    "lstm_vae": LSTMVAE,
+    "lstm_lm": LSTMLM,
+    "transformer_vae": TransformerVAE,
+    "transformer_lm": TransformerLM,
+}
 
 
 def build_text_model(config: ModelConfig, tokenizer: Tokenizer) -> nn.Module:
