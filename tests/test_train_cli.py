@@ -119,3 +119,19 @@ def test_tiny_run_on_cuda(tiny_config_path, corpus_dir, tmp_path):
     config = _config(tiny_config_path, corpus_dir, "train.device=cuda", "train.precision=bf16")
     metrics = train(config, tmp_path / "cuda")
     assert metrics is not None and metrics["nelbo"] > 0
+
+
+def test_subword_run_reports_perplexity_per_word(tiny_config_path, corpus_dir, tmp_path, capsys):
+    import math
+
+    run = tmp_path / "spm"
+    assert main(["train", str(tiny_config_path), "--set", f"data.corpus={corpus_dir}", "--set",
+                 "data.tokenizer=sentencepiece", "--set", "data.vocab_size=30", "--set", "model.name=transformer_vae",
+                 "--set", "model.max_positions=64", "--set", "train.max_steps=4", "--run-dir", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--iw-samples", "3", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["ppl_per"] == "word"
+    words = sum(len(line.split()) + 1 for line in (corpus_dir / "test.txt").read_text().splitlines())
+    assert metrics["words"] == words and metrics["tokens"] != words
+    assert metrics["ppl"] == pytest.approx(math.exp(metrics["nll"] * metrics["sentences"] / words), rel=1e-6)

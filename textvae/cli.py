@@ -99,7 +99,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         for key in ("nelbo", "rec", "kl", "nll", "ppl", "mi", "au", "sentences", "tokens", "iw_samples"):
             value = metrics[key]
             print(f"{key:>10}  {value:.3f}" if isinstance(value, float) else f"{key:>10}  {value}")
-        print(f"(split {args.split}; mi uses the aggregate posterior over the whole split)")
+        print(f"(split {args.split}; ppl per {metrics['ppl_per']}, <eos> counted; "
+              "mi uses the aggregate posterior over the whole split)")  # fmt: skip
     return 0
 
 

@@ -38,6 +38,11 @@ class TextRun:
     step: int = 0  # the optimizer step of the loaded checkpoint
 
 
+def ppl_unit(tokenizer: Tokenizer) -> str:
+    """Perplexity per word for subword vocabularies (comparable with word-level runs), else per token."""
+    return "word" if tokenizer.kind == "sentencepiece" else "token"
+
+
 def run_tokenizer(config: Config, run_dir: Path, corpus: Corpus) -> Tokenizer:
     """The run's tokenizer: reloaded from RUN_DIR/tokenizer, else built on the training split and saved."""
     tokenizer_dir = run_dir / "tokenizer"
@@ -151,7 +156,8 @@ def _train(config: Config, run_dir: Path, device: torch.device | None) -> dict[s
     valid_batches = [run.splits["valid"].collate(b) for b in valid_plan]
 
     def evaluate_valid(model: nn.Module) -> dict[str, Any]:
-        return evaluate(model, valid_batches, train_cfg.eval_iw_samples, run.device, train_cfg.precision)
+        return evaluate(model, valid_batches, train_cfg.eval_iw_samples, run.device, train_cfg.precision,
+                        ppl_unit=ppl_unit(run.tokenizer))  # fmt: skip
 
     trainer = Trainer(run.model, run.splits["train"], evaluate_valid, config, run_dir, run.device,
                       text_report(run, train_cfg.num_text_samples))  # fmt: skip
@@ -192,7 +198,7 @@ def evaluate_run(run_dir: Path, split: str, iw_samples: int, precision: str = "f
         raise UserError(f"split {split!r} not in corpus (have: {', '.join(corpus.splits)})")
     data = TextSplit(corpus.splits[split], run.tokenizer, run.config.data.max_length)
     batches = [data.collate(b) for b in data.ordered(run.config.train.eval_batch_size)]
-    metrics = evaluate(run.model, batches, iw_samples, run.device, precision)
+    metrics = evaluate(run.model, batches, iw_samples, run.device, precision, ppl_unit=ppl_unit(run.tokenizer))
     metrics["split"] = split
     metrics["checkpoint_step"] = run.step
     return metrics

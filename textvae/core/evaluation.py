@@ -32,16 +32,18 @@ def evaluate(
     precision: str = "fp32",
     token_budget: int = 32768,
     seed: int = 0,
+    ppl_unit: str = "token",
 ) -> dict[str, Any]:
     """Metrics of DESIGN.md over all `batches` (per example, summed over tokens); deterministic under `seed`.
 
     The encoder runs once per batch; its posterior serves all K importance samples, drawn in chunks
-    so that at most about `token_budget` tokens go through the decoder at once.
+    so that at most about `token_budget` tokens go through the decoder at once. `ppl_unit` "word"
+    divides by words (+1 per sentence end) instead of tokens: comparable across subword vocabularies.
     """
     was_training = model.training
     model.eval()
     totals = {"rec": 0.0, "kl": 0.0, "nll": 0.0}
-    examples = tokens = 0
+    examples = tokens = words = 0
     mus, logvars = [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -65,11 +67,13 @@ def evaluate(
             totals["nll"] += float(nll.sum())
             examples += batch.size
             tokens += batch.num_tokens
+            words += getattr(batch, "num_words", 0)
         if distributed.active():  # each rank saw a shard of the batches: add up, and pool the posteriors
-            summed = distributed.sum_across(torch.tensor([totals["rec"], totals["kl"], totals["nll"], examples, tokens],
-                                                         dtype=torch.float64))  # fmt: skip
+            summed = distributed.sum_across(
+                torch.tensor([totals["rec"], totals["kl"], totals["nll"], examples, tokens, words], dtype=torch.float64)
+            )
             totals["rec"], totals["kl"], totals["nll"] = summed[:3].tolist()
-            examples, tokens = int(summed[3]), int(summed[4])
+            examples, tokens, words = int(summed[3]), int(summed[4]), int(summed[5])
             mus = [t for part in distributed.gather(mus) for t in part]
             logvars = [t for part in distributed.gather(logvars) for t in part]
         mu_all = torch.cat(mus) if mus else torch.zeros(examples, 0)
@@ -83,12 +87,14 @@ def evaluate(
         "rec": rec,
         "kl": kl,
         "nll": nll,
-        "ppl": math.exp(min(700.0, totals["nll"] / max(1, tokens))),
+        "ppl": math.exp(min(700.0, totals["nll"] / max(1, words if ppl_unit == "word" else tokens))),
+        "ppl_per": ppl_unit,
         "mi": mi,
         "mi_over": "split",
         "au": active_units(mu_all),
         "sentences": examples,
         "tokens": tokens,
+        "words": words,
         "iw_samples": iw_samples if model.latent_dim else 0,
         "kl_per_dim": [round(float(v), 5) for v in kl_per_dim],
     }

@@ -18,13 +18,14 @@ class TextBatch:
     tokens: Tensor  # [B, T] <bos> w_1 .. w_n <eos> <pad> ...
     lengths: Tensor  # [B] n + 2, on the CPU (packing needs host lengths)
     num_tokens: int  # predicted tokens: sum of n + 1 (<eos> included, <bos> not)
+    num_words: int = 0  # whitespace words + 1 (<eos>) per sentence, for per-word perplexity with subwords
 
     @property
     def size(self) -> int:
         return self.tokens.shape[0]
 
     def to(self, device: torch.device) -> TextBatch:
-        return TextBatch(self.tokens.to(device, non_blocking=True), self.lengths, self.num_tokens)
+        return TextBatch(self.tokens.to(device, non_blocking=True), self.lengths, self.num_tokens, self.num_words)
 
 
 class TextSplit:
@@ -34,14 +35,14 @@ class TextSplit:
         self.tokenizer = tokenizer
         self.sequences: list[Tensor] = []
         self.truncated = 0
-        self.words = 0  # whitespace-separated words (+1 per <eos>), for per-word perplexity with subwords
+        self.word_counts: list[int] = []  # whitespace words + 1 (<eos>) per sentence
         for sentence in sentences:
             ids = tokenizer.encode(sentence)
             if len(ids) > max_length:
                 ids = ids[:max_length]
                 self.truncated += 1
             self.sequences.append(torch.tensor([tokenizer.bos_id, *ids, tokenizer.eos_id], dtype=torch.long))
-            self.words += len(sentence.split()) + 1
+            self.word_counts.append(len(sentence.split()) + 1)
         self.lengths = [len(s) for s in self.sequences]
 
     def __len__(self) -> int:
@@ -51,7 +52,8 @@ class TextSplit:
         seqs = [self.sequences[i] for i in indices]
         tokens = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=self.tokenizer.pad_id)
         lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-        return TextBatch(tokens, lengths, int(lengths.sum()) - len(seqs))
+        words = sum(self.word_counts[i] for i in indices)
+        return TextBatch(tokens, lengths, int(lengths.sum()) - len(seqs), words)
 
     def plan(self, epoch: int, batch_size: int, max_tokens: int = 0, seed: int = 0) -> list[list[int]]:
         """Shuffled length-bucketed batches for one epoch: the same (seed, epoch) gives the same plan."""
