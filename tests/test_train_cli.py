@@ -125,9 +125,12 @@ def test_subword_run_reports_perplexity_per_word(tiny_config_path, corpus_dir, t
     import math
 
     run = tmp_path / "spm"
-    assert main(["train", str(tiny_config_path), "--set", f"data.corpus={corpus_dir}", "--set",
-                 "data.tokenizer=sentencepiece", "--set", "data.vocab_size=30", "--set", "model.name=transformer_vae",
-                 "--set", "model.max_positions=64", "--set", "train.max_steps=4", "--run-dir", str(run)]) == 0  # fmt: skip
+    overrides = ["data.tokenizer=sentencepiece", "data.vocab_size=30", "model.name=transformer_vae",
+                 "model.max_positions=64", "train.max_steps=4", f"data.corpus={corpus_dir}"]  # fmt: skip
+    argv = ["train", str(tiny_config_path), "--run-dir", str(run)]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run), "--iw-samples", "3", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
