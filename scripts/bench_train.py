@@ -3,8 +3,9 @@
     python scripts/bench_train.py configs/text/ptb_lstm_vae.yaml [--set key=value ...] [--steps N] [--json]
 
 Real tokens are predicted tokens (words + <eos>), padding not counted. Achieved GFLOP/s counts the
-model's matmul FLOPs (LSTM gates, output projection, posterior and latent projections; backward = 2 x
-forward); the machine's matmul rate is measured in the same run, precision and thread count.
+model's matmul FLOPs (LSTM gates or attention and MLP blocks, output projection, posterior and latent
+projections; backward = 2 x forward); the machine's matmul rate is measured in the same run, precision
+and thread count.
 """
 
 from __future__ import annotations
@@ -45,6 +46,27 @@ def lstm_flops(config: Config, vocab: int, tokens: int, sentences: int) -> float
         per_token += directions * lstm(emb)  # the encoder reads each word and <eos>
         per_sentence = 2 * directions * hidden * 2 * latent + 2 * latent * layers * hidden  # posterior, z -> state
     return 3.0 * (per_token * tokens + per_sentence * sentences)
+
+
+def transformer_flops(config: Config, vocab: int, tokens: int, sentences: int) -> float:
+    """Forward + backward matmul FLOPs of one Transformer VAE / LM step, attention scores included."""
+    m = config.model
+    width, ff, layers = m.embedding_dim, m.hidden_size, m.num_layers
+    length = tokens / max(1, sentences)  # mean attended length
+
+    def block() -> float:  # per token: qkv, output projection, MLP, QK^T and AV
+        return 2 * width * 3 * width + 2 * width * width + 2 * 2 * width * ff + 2 * 2 * length * width
+
+    per_token = layers * block() + 2 * width * vocab
+    if m.name == "transformer_vae":
+        per_token += layers * block()  # the encoder
+    return 3.0 * per_token * tokens
+
+
+def step_flops(config: Config, vocab: int, tokens: int, sentences: int) -> float:
+    if config.model.name.startswith("transformer"):
+        return transformer_flops(config, vocab, tokens, sentences)
+    return lstm_flops(config, vocab, tokens, sentences)
 
 
 def matmul_gflops(precision: str, size: int = 2048, repeats: int = 20) -> float:
@@ -101,7 +123,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    achieved = lstm_flops(config, len(tokenizer), tokens, sentences) / elapsed / 1e9
+    achieved = step_flops(config, len(tokenizer), tokens, sentences) / elapsed / 1e9
     peak = matmul_gflops(config.train.precision)
     result = {
         "config": args.config,
