@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textvae.config import ModelConfig
 from textvae.core.word_dropout import WordDropout
+from textvae.models.sequence import repeat_for_samples, sequence_log_prob
 
 
 class LSTMDecoder(nn.Module):
@@ -44,19 +44,10 @@ class LSTMDecoder(nn.Module):
 
     def log_likelihood(self, tokens: Tensor, z: Tensor | None) -> Tensor:
         """log p(x|z) summed over tokens (<eos> included). tokens: [B, T], z: [B, K, D] or None -> [B, K]."""
-        samples = 1 if z is None else z.shape[1]
-        if samples > 1:
-            tokens = tokens.repeat_interleave(samples, dim=0)  # [B*K, T], sentence-major like z below
-        flat_z = None if z is None else z.reshape(-1, z.shape[-1])
+        tokens, flat_z, samples = repeat_for_samples(tokens, z)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         hidden, _ = self.hidden(inputs, flat_z)
-        mask = targets != self.pad_id
-        # Project only real positions: padding rows never reach the 10k-way softmax.
-        logits = self.output(self.output_dropout(hidden[mask]))  # [M, V]
-        token_nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
-        nll = torch.zeros(mask.shape, dtype=token_nll.dtype, device=tokens.device)
-        nll[mask] = token_nll
-        return -nll.sum(1).view(-1, samples)
+        return sequence_log_prob(self.output_dropout(hidden), targets, self.output, self.pad_id).view(-1, samples)
 
     def step(self, token: Tensor, z: Tensor | None, state) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One decoding step, keeping the LSTM state. token: [N] -> logits [N, V] and the new state."""

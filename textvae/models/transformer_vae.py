@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from textvae.config import ModelConfig
 from textvae.core.gaussian import bound_logvar
 from textvae.core.word_dropout import WordDropout
+from textvae.models.sequence import repeat_for_samples, sequence_log_prob
 
 Cache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [N, heads, t, head_dim]
 
@@ -111,18 +112,10 @@ class TransformerDecoder(nn.Module):
 
     def log_likelihood(self, tokens: Tensor, z: Tensor | None) -> Tensor:
         """log p(x|z) summed over tokens (<eos> included). tokens: [B, T], z: [B, K, D] or None -> [B, K]."""
-        samples = 1 if z is None else z.shape[1]
-        if samples > 1:
-            tokens = tokens.repeat_interleave(samples, dim=0)
-        flat_z = None if z is None else z.reshape(-1, z.shape[-1])
+        tokens, flat_z, samples = repeat_for_samples(tokens, z)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         hidden = self.hidden(inputs, flat_z)
-        mask = targets != self.pad_id
-        logits = self.output(hidden[mask])  # real positions only
-        token_nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
-        nll = torch.zeros(mask.shape, dtype=token_nll.dtype, device=tokens.device)
-        nll[mask] = token_nll
-        return -nll.sum(1).view(-1, samples)
+        return sequence_log_prob(hidden, targets, self.output, self.pad_id).view(-1, samples)
 
     def step(self, token: Tensor, z: Tensor | None, state: dict | None) -> tuple[Tensor, dict]:
         """One decoding step with the key/value cache. token: [N] -> logits [N, V] and the new state."""
