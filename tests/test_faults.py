@@ -22,10 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sigkill_at_random_moments_resumes_to_identical_parameters():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/fault_inject.py"), "--kills", "3", "--steps", "600", "--window", "0.2", "--json"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    options = ["--kills", "3", "--steps", "600", "--window", "0.2", "--json"]
+    script = str(ROOT / "scripts/fault_inject.py")
+    result = subprocess.run([sys.executable, script, *options], capture_output=True, text=True, check=True)
     report = json.loads(result.stdout)
     assert report["kills"] == 3 and report["resumes"] >= 3
     assert report["final_step"] == 600 and report["positions_equal"]
