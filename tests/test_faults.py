@@ -134,3 +134,20 @@ def test_checkpoint_of_another_model_is_refused(tiny_config_path, corpus_dir, tm
     (tmp_path / "vae/checkpoints/last.pt").write_bytes(b"not a checkpoint")
     assert main(["train", str(tiny_config_path), "--run-dir", str(tmp_path / "vae"), *common]) == 2
     assert "not a readable textvae checkpoint" in capsys.readouterr().err
+
+
+def test_learning_rate_warmup_scales_the_first_steps(tmp_path):
+    config = config_lib.from_dict({"optim": {"name": "sgd", "lr": 0.01, "warmup_steps": 4, "grad_clip": 0.0},
+                                   "train": {"max_steps": 6, "eval_every": 100, "device": "cpu"}})  # fmt: skip
+    model = _Exploding(good=10**9)
+    trainer = Trainer(model, _Source(), lambda m: {}, config, tmp_path, torch.device("cpu"))
+    trainer._signal, steps = None, []
+    for step in range(6):
+        trainer.position.step = step
+        batch = _Source().collate([1])
+        before = model.weight.detach().clone()
+        trainer.train_step(batch)
+        gradient = model.weight.grad.detach().clone()
+        steps.append(float(((before - model.weight.detach()) / gradient).mean()))  # the LR actually used
+    assert steps == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01], rel=1e-4)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.01  # the scheduler's LR is left as it was

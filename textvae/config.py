@@ -69,6 +69,7 @@ class OptimConfig:
     lr_decay: float = 0.5  # factor applied when validation stops improving; 1 disables
     lr_patience: int = 2  # evaluations without improvement before a decay
     min_lr: float = 1e-5
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps (Transformers); 0 disables
 
 
 @dataclass(frozen=True)

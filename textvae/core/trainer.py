@@ -191,8 +191,22 @@ class Trainer:
                 )
             return None
         self.position.skipped_in_row = 0
-        self.optimizer.step()
+        self._step_with_warmup()
         return {"loss": loss, "rec": rec / size, "kl": kl / size, "kl_weight": weight, "grad_norm": float(grad_norm)}
+
+    def _step_with_warmup(self) -> None:
+        """optimizer.step() with the LR scaled by min(1, (step + 1) / warmup_steps), a pure function of the step.
+
+        The plateau scheduler owns the groups' base LR; the warm-up factor is applied for this step only.
+        """
+        warmup = self.config.optim.warmup_steps
+        factor = min(1.0, (self.position.step + 1) / warmup) if warmup else 1.0
+        base = [group["lr"] for group in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, base):
+            group["lr"] = lr * factor
+        self.optimizer.step()
+        for group, lr in zip(self.optimizer.param_groups, base):
+            group["lr"] = lr
 
     def fit(self) -> dict[str, Any] | None:
         """Train until train.max_steps (or early stopping); return the last validation metrics.
