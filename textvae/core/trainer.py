@@ -170,16 +170,18 @@ class Trainer:
         (terms["loss"] * share * self.world).backward()
         clip = self.config.optim.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        local = torch.tensor(
-            [float(terms["loss"].detach()) * share, float(terms["rec"].detach().sum()),
-             float(terms["kl"].detach().sum()), batch.size, batch.num_tokens, float(self._signal is not None)],
-            dtype=torch.float64,
-        )  # fmt: skip
-        loss, rec, kl, size, tokens, signals = distributed.sum_across(local).tolist()
+        # Everything the step reports, gathered on the device and read back with one host sync.
+        counts = torch.tensor([batch.size, batch.num_tokens, float(self._signal is not None)], dtype=torch.float64)
+        local = torch.cat([
+            torch.stack([terms["loss"].detach() * share, terms["rec"].detach().sum(), terms["kl"].detach().sum(),
+                         grad_norm.detach() / self.world]).double(),
+            counts.to(grad_norm.device),
+        ])  # fmt: skip
+        loss, rec, kl, grad_norm, size, tokens, signals = distributed.sum_across(local).tolist()
         if signals and self._signal is None:
             self._signal = signal.SIGTERM  # another rank was signalled: stop together
         self._tokens += tokens
-        if not (math.isfinite(loss) and torch.isfinite(grad_norm)):
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.position.skipped += 1
             self.position.skipped_in_row += 1
             log.warning("step %d: non-finite loss or gradient, step skipped", self.position.step)
@@ -192,7 +194,7 @@ class Trainer:
             return None
         self.position.skipped_in_row = 0
         self._step_with_warmup()
-        return {"loss": loss, "rec": rec / size, "kl": kl / size, "kl_weight": weight, "grad_norm": float(grad_norm)}
+        return {"loss": loss, "rec": rec / size, "kl": kl / size, "kl_weight": weight, "grad_norm": grad_norm}
 
     def _step_with_warmup(self) -> None:
         """optimizer.step() with the LR scaled by min(1, (step + 1) / warmup_steps), a pure function of the step.
