@@ -77,8 +77,9 @@ def _train(args: argparse.Namespace) -> int:
     print(f"watch it with: tensorboard --logdir {run_dir / 'tb'}")
     metrics = train(config, run_dir)
     if metrics:
-        summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("nelbo", "rec", "kl", "nll", "ppl", "mi"))
-        print(f"last validation: {summary}, au {metrics['au']}")
+        from textvae.core.trainer import summarize
+
+        print(f"last validation: {summarize(metrics)}")
     print(f"checkpoints: {run_dir / 'checkpoints'}  metrics: {run_dir / 'metrics.jsonl'}")
     print(f"evaluate with: textvae evaluate {run_dir} --iw-samples 500")
     return 0
@@ -96,11 +97,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        for key in ("nelbo", "rec", "kl", "nll", "ppl", "mi", "au", "sentences", "tokens", "iw_samples"):
-            value = metrics[key]
-            print(f"{key:>10}  {value:.3f}" if isinstance(value, float) else f"{key:>10}  {value}")
-        print(f"(split {args.split}; ppl per {metrics['ppl_per']}, <eos> counted; "
-              "mi uses the aggregate posterior over the whole split)")  # fmt: skip
+        keys = ("nelbo", "rec", "kl", "nll", "ppl", "mi", "au", "acc", "nmi", "sentences", "images", "tokens")
+        for key in (*keys, "iw_samples"):
+            if key in metrics:
+                value = metrics[key]
+                print(f"{key:>10}  {value:.3f}" if isinstance(value, float) else f"{key:>10}  {value}")
+        per = f"ppl per {metrics['ppl_per']}, <eos> counted; " if "ppl_per" in metrics else ""
+        print(f"(split {args.split}; {per}mi uses the aggregate posterior over the whole split)")
     return 0
 
 

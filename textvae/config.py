@@ -23,12 +23,13 @@ class DataConfig:
     lowercase: bool = False
     sentencepiece_type: str = "unigram"  # unigram | bpe
     max_length: int = 100  # tokens per sentence before <bos>/<eos>; longer ones are truncated and counted
-    holdout: float = 0.05  # single-file corpus: share of lines held out for valid and for test (each)
+    holdout: float = 0.05  # single-file corpus: share of lines held out for valid and for test (each);
+    # mnist: share of the 60,000 training images held out for validation
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "lstm_vae"  # lstm_vae | lstm_lm
+    name: str = "lstm_vae"  # lstm_vae | lstm_lm | transformer_vae | transformer_lm | image_vae | image_cvae | vade
     embedding_dim: int = 256
     hidden_size: int = 256
     latent_dim: int = 32  # ignored by lstm_lm
@@ -42,6 +43,13 @@ class ModelConfig:
     max_positions: int = 256  # longest sequence (<bos>/<eos> included) the position table covers
     z_injection: str = "embedding"  # embedding | memory | both (DELLA / Optimus)
     tie_embeddings: bool = False  # output projection shares the input embedding (Transformer decoder)
+    # Image models (MNIST): an MLP with hidden_sizes (comma-separated; empty: num_layers x hidden_size), or conv
+    architecture: str = "mlp"  # mlp | conv
+    hidden_sizes: str = ""  # e.g. "500,500,2000" (VaDE); the decoder mirrors the encoder
+    activation: str = "tanh"  # tanh | relu
+    condition: str = "label"  # image_cvae: label (one-hot digit) | quadrants (Sohn et al.: predict the missing ones)
+    quadrants_given: int = 1  # image_cvae with condition quadrants: 1, 2 or 3 quadrants are observed
+    num_clusters: int = 10  # vade: mixture components of the prior
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class ObjectiveConfig:
     cycle_total_steps: int = 0  # cyclical: steps the M cycles span; 0 means train.max_steps
     free_bits: float = 0.0  # nats; 0 disables
     free_bits_mode: str = "dim"  # dim: per dimension over the batch (Kingma et al. 2016) | vector: target KL
+    iw_samples: int = 1  # k > 1 trains on the importance-weighted bound (IWAE, Burda et al. 2015)
+    pretrain_steps: int = 0  # first train as a deterministic autoencoder (z = mu, no KL) for this many steps
 
 
 @dataclass(frozen=True)
@@ -104,8 +114,11 @@ _CHOICES = {
     ("data", "tokenizer"): ("word", "sentencepiece"),
     ("data", "split"): ("whitespace", "punct"),
     ("data", "sentencepiece_type"): ("unigram", "bpe"),
-    ("model", "name"): ("lstm_vae", "lstm_lm", "transformer_vae", "transformer_lm"),
+    ("model", "name"): ("lstm_vae", "lstm_lm", "transformer_vae", "transformer_lm", "image_vae", "image_cvae", "vade"),
     ("model", "z_injection"): ("embedding", "memory", "both"),
+    ("model", "architecture"): ("mlp", "conv"),
+    ("model", "activation"): ("tanh", "relu"),
+    ("model", "condition"): ("label", "quadrants"),
     ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
     ("objective", "free_bits_mode"): ("dim", "vector"),
     ("optim", "name"): ("adam", "sgd"),
@@ -122,6 +135,8 @@ _POSITIVE = {
     ("model", "num_heads"),
     ("model", "max_positions"),
     ("objective", "cycles"),
+    ("objective", "iw_samples"),
+    ("model", "num_clusters"),
     ("optim", "lr"),
     ("train", "max_steps"),
     ("train", "batch_size"),
@@ -147,6 +162,8 @@ def _check_type(key: str, value: Any, kind: Any) -> Any:
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif kind is str and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, str(value)  # --set model.hidden_sizes=500 reads as an int
     else:
         ok = isinstance(value, kind)
     if not ok:
@@ -198,7 +215,30 @@ def validate(config: Config) -> Config:
         )
     if objective.kl_schedule == "cyclical" and 0 < objective.cycle_total_steps < objective.cycles:
         raise UserError("config key objective.cycle_total_steps: fewer steps than cycles")
+    if objective.iw_samples > 1 and objective.free_bits > 0:
+        raise UserError("config key objective.free_bits: free bits do not apply to the IWAE bound (iw_samples > 1)")
+    if model.name in IMAGE_MODELS:
+        if model.quadrants_given not in (1, 2, 3):
+            raise UserError(f"config key model.quadrants_given: must be 1, 2 or 3, got {model.quadrants_given}")
+        hidden_sizes(model)
     return config
+
+
+IMAGE_MODELS = ("image_vae", "image_cvae", "vade")
+
+
+def hidden_sizes(model: ModelConfig) -> list[int]:
+    """The image MLP's hidden layer widths: model.hidden_sizes, else num_layers x hidden_size."""
+    if not model.hidden_sizes.strip():
+        return [model.hidden_size] * model.num_layers
+    try:
+        sizes = [int(part) for part in model.hidden_sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0:
+        raise UserError(f"config key model.hidden_sizes: expected positive integers separated by commas, "
+                        f"got {model.hidden_sizes!r}")  # fmt: skip
+    return sizes
 
 
 def from_dict(raw: Any) -> Config:

@@ -1,4 +1,6 @@
-"""Wiring for text runs: corpus + tokenizer + model + trainer from a config, and loading a run back."""
+"""Wiring for text runs: corpus + tokenizer + model + trainer from a config, and loading a run back.
+
+Image runs (model.name image_vae, image_cvae, vade) are handed to image_baselines.run."""
 
 from __future__ import annotations
 
@@ -129,6 +131,10 @@ def train(config: Config, run_dir: Path) -> dict[str, Any] | None:
     """
     device = distributed.init(config.train.device)
     try:
+        if config.model.name in config_lib.IMAGE_MODELS:
+            from image_baselines.run import train_image
+
+            return train_image(config, run_dir, device)
         return _train(config, run_dir, device)
     finally:
         distributed.shutdown()
@@ -192,6 +198,13 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
 
 def evaluate_run(run_dir: Path, split: str, iw_samples: int, precision: str = "fp32") -> dict[str, Any]:
     """Evaluate a trained run on a split of its corpus with K importance samples."""
+    config_file = run_dir / "config.yaml"
+    if config_file.is_file():
+        config = config_lib.load(config_file)
+        if config.model.name in config_lib.IMAGE_MODELS:
+            from image_baselines.run import evaluate_image_run
+
+            return evaluate_image_run(run_dir, config, split, iw_samples, precision)
     run = load_run(run_dir)
     corpus = load_corpus(run.config.data.corpus, run.config.data.holdout)
     if split not in corpus.splits:

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from textvae.core.gaussian import log_normal, log_standard_normal, reparameterize
-from textvae.core.objective import LatentModel
+from textvae.core.gaussian import log_normal, reparameterize
+from textvae.core.objective import LatentModel, log_prior
 
 
 def iw_log_weights(model: LatentModel, batch, mu: Tensor, logvar: Tensor, num_samples: int, chunk: int) -> Tensor:
@@ -21,7 +21,7 @@ def iw_log_weights(model: LatentModel, batch, mu: Tensor, logvar: Tensor, num_sa
     for start in range(0, num_samples, chunk):
         z = reparameterize(mu, logvar, min(chunk, num_samples - start))  # [B, k, D]
         log_px_z = model.log_likelihood(batch, z).float()  # [B, k]
-        log_pz = log_standard_normal(z.float())
+        log_pz = log_prior(model, batch, z)
         log_qz = log_normal(z.float(), mu.float().unsqueeze(1), logvar.float().unsqueeze(1))
         weights.append(log_px_z + log_pz - log_qz)
         likelihoods.append(log_px_z)
@@ -45,10 +45,14 @@ def mutual_information(mu: Tensor, logvar: Tensor, chunk: int = 512) -> float:
     z = reparameterize(mu, logvar)[:, 0]  # [N, D]
     # log q(z|x) at the same draw as log q(z) (not the analytic entropy): the noise of the two cancels.
     log_qz_x = log_normal(z, mu, logvar).mean()
+    # log N(z_i; mu_j, s_j^2) for all pairs as matmuls: the quadratic form expanded, in float64
+    z64, mu64, precision = z.double(), mu.double(), torch.exp(-logvar.double())  # [N, D] each
+    const = -0.5 * (mu.shape[1] * math.log(2 * math.pi) + logvar.double().sum(1) + (mu64.pow(2) * precision).sum(1))
     log_qz = []
     for start in range(0, n, chunk):
-        z_part = z[start : start + chunk].unsqueeze(1)  # [c, 1, D]
-        log_dens = log_normal(z_part, mu.unsqueeze(0), logvar.unsqueeze(0))  # [c, N]
+        z_part = z64[start : start + chunk]  # [c, D]
+        quad = z_part.pow(2) @ precision.T - 2.0 * z_part @ (mu64 * precision).T  # [c, N]
+        log_dens = const.unsqueeze(0) - 0.5 * quad
         log_qz.append(torch.logsumexp(log_dens, dim=1) - math.log(n))
     return float(log_qz_x - torch.cat(log_qz).mean())
 

@@ -12,8 +12,8 @@ from tqdm import tqdm
 
 from textvae.core import distributed
 from textvae.core.estimators import active_units, iw_log_likelihood, iw_log_weights, mutual_information
-from textvae.core.gaussian import kl_standard_normal
-from textvae.core.objective import LatentModel
+from textvae.core.gaussian import reparameterize
+from textvae.core.objective import LatentModel, kl_divergence
 
 
 def autocast(device: torch.device, precision: str):
@@ -45,6 +45,7 @@ def evaluate(
     totals = {"rec": 0.0, "kl": 0.0, "nll": 0.0}
     examples = tokens = words = 0
     mus, logvars = [], []
+    kl_sums = None  # per-dimension KL summed over examples
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for batch in tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None):
@@ -55,10 +56,14 @@ def evaluate(
                     rec, kl, nll = -log_px, torch.zeros_like(log_px), -log_px
                 else:
                     mu, logvar = model.encode(batch)
-                    chunk = max(1, min(iw_samples, token_budget // max(1, batch.tokens.numel())))
+                    chunk = max(1, min(iw_samples, token_budget // max(1, batch.footprint)))
                     log_w, log_px_z = iw_log_weights(model, batch, mu, logvar, iw_samples, chunk)
                     rec = -log_px_z.mean(1)  # E_q[-log p(x|z)], averaged over the K samples
-                    kl = kl_standard_normal(mu.float(), logvar.float()).sum(-1)
+                    # a prior other than N(0, I) may need a draw for its KL (a mixture's q(c|x) = p(c|z))
+                    z = reparameterize(mu, logvar) if hasattr(model, "kl_divergence") else mu.unsqueeze(1)
+                    kl_terms = kl_divergence(model, batch, mu, logvar, z)
+                    kl = kl_terms.sum(-1)
+                    kl_sums = kl_terms.sum(0) if kl_sums is None else kl_sums + kl_terms.sum(0)
                     nll = -iw_log_likelihood(log_w)
                     mus.append(mu.float().cpu())
                     logvars.append(logvar.float().cpu())
@@ -74,13 +79,15 @@ def evaluate(
             )
             totals["rec"], totals["kl"], totals["nll"] = summed[:3].tolist()
             examples, tokens, words = int(summed[3]), int(summed[4]), int(summed[5])
+            if model.latent_dim:
+                kl_sums = distributed.sum_across(kl_sums if kl_sums is not None else torch.zeros(model.latent_dim))
             mus = [t for part in distributed.gather(mus) for t in part]
             logvars = [t for part in distributed.gather(logvars) for t in part]
         mu_all = torch.cat(mus) if mus else torch.zeros(examples, 0)
         logvar_all = torch.cat(logvars) if logvars else torch.zeros(examples, 0)
         mi = mutual_information(mu_all, logvar_all)
     model.train(was_training)
-    kl_per_dim = kl_standard_normal(mu_all, logvar_all).mean(0) if mus else torch.zeros(0)
+    kl_per_dim = kl_sums.cpu() / max(1, examples) if kl_sums is not None else torch.zeros(0)
     rec, kl, nll = (totals[k] / max(1, examples) for k in ("rec", "kl", "nll"))
     return {
         "nelbo": rec + kl,

@@ -5,16 +5,23 @@ A model plugs in through two methods (text and image alike):
     latent_dim: int                                   # 0 for a model without a latent code (a plain LM)
     encode(batch) -> (mu, logvar)                     # [B, D] each: q(z|x) = N(mu, diag exp(logvar))
     log_likelihood(batch, z) -> log p(x|z)            # z: [B, K, D] -> [B, K]; z=None -> [B, 1]
+
+and, only when its prior is not N(0, I) (a conditional prior, a mixture), two more:
+
+    log_prior(batch, z) -> log p(z)                   # z: [B, K, D] -> [B, K]
+    kl_divergence(batch, mu, logvar, z) -> [B, D]     # terms summing to KL(q(z|x) || p(z)); z: [B, 1, D]
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor, nn
 
-from textvae.core.gaussian import kl_standard_normal, reparameterize
+from textvae.core.gaussian import kl_standard_normal, log_normal, log_standard_normal, reparameterize
 
 
 class LatentModel(Protocol):
@@ -48,19 +55,53 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
     return kl_per_dim.sum(-1).mean().clamp(min=free_bits)
 
 
+def log_prior(model: LatentModel, batch: Any, z: Tensor) -> Tensor:
+    """log p(z) under the model's prior: its own `log_prior` when it has one, else N(0, I). [B, K, D] -> [B, K]."""
+    own = getattr(model, "log_prior", None)
+    return own(batch, z).float() if own is not None else log_standard_normal(z.float())
+
+
+def kl_divergence(model: LatentModel, batch: Any, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+    """KL(q(z|x) || p(z)) as [B, D] terms: the model's own when its prior is not N(0, I), else analytic."""
+    own = getattr(model, "kl_divergence", None)
+    if own is not None:
+        return own(batch, mu.float(), logvar.float(), z.float())
+    return kl_standard_normal(mu.float(), logvar.float())
+
+
 def elbo(
-    model: LatentModel, batch: Any, kl_weight: float = 1.0, free_bits: float = 0.0, free_bits_mode: str = "dim"
+    model: LatentModel,
+    batch: Any,
+    kl_weight: float = 1.0,
+    free_bits: float = 0.0,
+    free_bits_mode: str = "dim",
+    iw_samples: int = 1,
+    sample: bool = True,
 ) -> ElboTerms:
-    """Negative ELBO terms for one batch (per example) and the loss to minimize."""
+    """Negative ELBO terms for one batch (per example) and the loss to minimize.
+
+    With `iw_samples` k > 1 the loss is the importance-weighted bound of Burda et al. (IWAE),
+    -log (1/k) sum_i p(x|z_i) p(z_i)^w / q(z_i|x)^w with w the KL weight, differentiated through the
+    log-sum-exp (the normalized weights are not detached). Free bits do not apply to it.
+    `rec` is then averaged over the k samples; `kl` stays the analytic KL of the posterior.
+    `sample=False` decodes z = mu (a deterministic autoencoder, for pretraining).
+    """
     if model.latent_dim == 0:
         rec = -model.log_likelihood(batch, None)[:, 0]
         zeros = rec.new_zeros(rec.shape[0], 0)
         return ElboTerms(loss=rec.mean(), rec=rec, kl=rec.new_zeros(rec.shape), kl_per_dim=zeros, mu=None)
     mu, logvar = model.encode(batch)
-    z = reparameterize(mu, logvar)
-    rec = -model.log_likelihood(batch, z)[:, 0]
-    kl_per_dim = kl_standard_normal(mu.float(), logvar.float())
-    loss = rec.mean() + kl_weight * free_bits_kl(kl_per_dim, free_bits, free_bits_mode)
+    z = reparameterize(mu, logvar, iw_samples) if sample else mu.unsqueeze(1)  # [B, k, D]
+    log_px_z = model.log_likelihood(batch, z).float()  # [B, k]
+    kl_per_dim = kl_divergence(model, batch, mu, logvar, z[:, :1])
+    rec = -log_px_z.mean(1)
+    if iw_samples > 1 and sample:
+        log_q = log_normal(z.float(), mu.float().unsqueeze(1), logvar.float().unsqueeze(1))
+        log_ratio = log_prior(model, batch, z) - log_q
+        bound = torch.logsumexp(log_px_z + kl_weight * log_ratio, dim=1) - math.log(iw_samples)
+        loss = -bound.mean()
+    else:
+        loss = rec.mean() + kl_weight * free_bits_kl(kl_per_dim, free_bits, free_bits_mode)
     return ElboTerms(loss=loss, rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, mu=mu)
 
 
@@ -71,6 +112,14 @@ class ElboModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: Any, kl_weight: float, free_bits: float = 0.0, free_bits_mode: str = "dim"):
-        terms = elbo(self.model, batch, kl_weight, free_bits, free_bits_mode)
+    def forward(
+        self,
+        batch: Any,
+        kl_weight: float,
+        free_bits: float = 0.0,
+        free_bits_mode: str = "dim",
+        iw_samples: int = 1,
+        sample: bool = True,
+    ):
+        terms = elbo(self.model, batch, kl_weight, free_bits, free_bits_mode, iw_samples, sample)
         return {"loss": terms.loss, "rec": terms.rec, "kl": terms.kl}

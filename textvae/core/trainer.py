@@ -46,6 +46,16 @@ class Position:
     skipped_in_row: int = 0
 
 
+def summarize(metrics: dict[str, Any]) -> str:
+    """The headline validation metrics that a run has, as 'nelbo 101.234, kl 4.321, ...'."""
+    keys = ("nelbo", "rec", "kl", "nll", "ppl", "mi", "au", "acc", "nmi")
+    return ", ".join(
+        f"{key} {metrics[key]:.3f}" if isinstance(metrics[key], float) else f"{key} {metrics[key]}"
+        for key in keys
+        if key in metrics
+    )
+
+
 class _NullWriter:
     """Stands in for the SummaryWriter on ranks other than 0: only rank 0 writes logs."""
 
@@ -71,7 +81,11 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
 class Trainer:
     """Trains `model` on `data` with the shared ELBO; `evaluate(model)` returns validation metrics.
 
-    `report_text(model)`, when given, returns {tag: text} logged to TensorBoard at each evaluation.
+    `report_text(model)`, when given, returns {tag: text} logged to TensorBoard at each evaluation;
+    `report_images(model)` returns {tag: image [3, H, W] in [0, 1]}, logged too.
+    With objective.pretrain_steps P > 0 the first P steps train a deterministic autoencoder (z = mu, no KL);
+    then `end_pretraining(model)` runs once (a GMM fit, a decoder reset), the optimizer state and the best
+    objective are cleared, and the KL schedule starts counting from step P.
     The trainer never looks inside the model: it only calls the objective and the callbacks.
     """
 
@@ -84,8 +98,11 @@ class Trainer:
         run_dir: Path,
         device: torch.device,
         report_text: Callable[[nn.Module], dict[str, str]] | None = None,
+        report_images: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None,
+        end_pretraining: Callable[[nn.Module], None] | None = None,
     ):
         self.model, self.data, self.evaluate_fn, self.report_text = model, data, evaluate, report_text
+        self.report_images, self.end_pretraining = report_images, end_pretraining
         self.config, self.run_dir, self.device = config, Path(run_dir), device
         self.optimizer = build_optimizer(model, config)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -161,10 +178,15 @@ class Trainer:
         Returns global scalars to log, or None when the step was skipped (non-finite loss or gradient).
         """
         obj = self.config.objective
-        weight = kl_weight(obj, self.position.step, self.config.train.max_steps)
+        pretraining = self.position.step < obj.pretrain_steps
+        if pretraining:
+            weight, sample = 0.0, False
+        else:
+            steps_after = self.position.step - obj.pretrain_steps
+            weight, sample = kl_weight(obj, steps_after, self.config.train.max_steps - obj.pretrain_steps), True
         self.model.train()
         with autocast(self.device, self.config.train.precision):
-            terms = self.train_module(batch, weight, obj.free_bits, obj.free_bits_mode)
+            terms = self.train_module(batch, weight, obj.free_bits, obj.free_bits_mode, obj.iw_samples, sample)
         self.optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks; scaling by share * world makes that the global-batch mean.
         (terms["loss"] * share * self.world).backward()
@@ -268,6 +290,8 @@ class Trainer:
                     window["stats"].append(stats)
                 bar.update(1)
                 step = self.position.step
+                if step == self.config.objective.pretrain_steps:
+                    self._finish_pretraining()
                 if step % train.log_every == 0 and window["stats"]:
                     self._log_train(writer, bar, window)
                 evaluated = step % train.eval_every == 0
@@ -293,6 +317,15 @@ class Trainer:
         bar.close()
         writer.close()
         return metrics
+
+    def _finish_pretraining(self) -> None:
+        """The step after which the autoencoder phase ends: run the hook, start the VAE phase afresh, save."""
+        log.info("step %d: autoencoder pretraining done", self.position.step)
+        if self.end_pretraining is not None:
+            self.end_pretraining(self.model)
+        self.optimizer.state.clear()
+        self.position.best, self.position.bad_evals = math.inf, 0
+        self.save(self.last_path)  # a resumed run never runs the hook twice
 
     def _log_train(self, writer, bar, window) -> None:
         now = time.perf_counter()
@@ -323,6 +356,8 @@ class Trainer:
         if self.rank == 0:
             for tag, text in (self.report_text(self.model) if self.report_text else {}).items():
                 writer.add_text(tag, text, step)
+            for tag, image in (self.report_images(self.model) if self.report_images else {}).items():
+                writer.add_image(tag, image, step)
             record = {"step": step, "epoch": self.position.epoch, "split": "valid", "metrics": metrics}
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -331,11 +366,7 @@ class Trainer:
             self.save(self.best_path)
         elif scheduled:
             self.position.bad_evals += 1
-        log.info(
-            "step %d: val nelbo %.3f rec %.3f kl %.3f nll %.3f ppl %.2f mi %.3f au %d",
-            step, metrics["nelbo"], metrics["rec"], metrics["kl"], metrics["nll"], metrics["ppl"],
-            metrics["mi"], metrics["au"],
-        )  # fmt: skip
+        log.info("step %d: val %s", step, summarize(metrics))
         writer.flush()
         if not sys.stderr.isatty():
             sys.stderr.flush()

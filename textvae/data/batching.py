@@ -24,6 +24,11 @@ class TextBatch:
     def size(self) -> int:
         return self.tokens.shape[0]
 
+    @property
+    def footprint(self) -> int:
+        """Positions the decoder computes per latent sample (padding included): sizes evaluation chunks."""
+        return self.tokens.numel()
+
     def to(self, device: torch.device) -> TextBatch:
         return TextBatch(self.tokens.to(device, non_blocking=True), self.lengths, self.num_tokens, self.num_words)
 

@@ -79,7 +79,10 @@ class WordTokenizer(Tokenizer):
         return text.split() if self.split == "whitespace" else _PUNCT_TOKEN.findall(text)
 
     def encode(self, text: str) -> list[int]:
-        return [self.index.get(w, UNK_ID) for w in self.words_of(text)]
+        """Word ids; a literal <pad>, <bos> or <eos> in the text is an unknown word, never a control token
+        (a literal <unk>, as PTB writes rare words, is the unknown word)."""
+        ids = [self.index.get(w, UNK_ID) for w in self.words_of(text)]
+        return [UNK_ID if i in (PAD_ID, BOS_ID, EOS_ID) else i for i in ids]
 
     def decode(self, ids: list[int]) -> str:
         text = " ".join(self.words[i] for i in ids if i not in (PAD_ID, BOS_ID, EOS_ID))

@@ -1,0 +1,163 @@
+"""Wiring for image runs: MNIST + model + the shared trainer from a config, image reports, evaluation.
+
+The same `textvae train` / `textvae evaluate` commands reach here when model.name is an image model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from image_baselines.data import ImageSplit, load_mnist
+from image_baselines.metrics import cluster_accuracy, image_grid, nmi, save_png
+from image_baselines.models import NUM_CLASSES, LabelCVAE, QuadrantCVAE, VaDE, build_image_model
+from textvae import config as config_lib
+from textvae.config import Config
+from textvae.core import distributed
+from textvae.core.checkpoint import load_checkpoint
+from textvae.core.evaluation import evaluate
+from textvae.core.trainer import Trainer, resolve_device
+from textvae.errors import UserError
+
+log = logging.getLogger(__name__)
+IMAGE_KEYS = ("nelbo", "rec", "kl", "nll", "mi", "mi_over", "au", "iw_samples", "kl_per_dim")
+
+
+@torch.no_grad()
+def image_metrics(
+    model: nn.Module, split: ImageSplit, batch_size: int, iw_samples: int, device: torch.device, precision: str
+) -> dict[str, Any]:
+    """The shared evaluation (nelbo, rec, kl, IW nll, mi, au) over a split; acc and nmi for VaDE."""
+    plan = split.ordered(batch_size)[distributed.rank() :: distributed.world_size()]
+    batches = [split.collate(indices) for indices in plan]
+    metrics = evaluate(model, batches, iw_samples, device, precision)
+    out = {key: metrics[key] for key in IMAGE_KEYS}
+    out["images"] = metrics["sentences"]
+    if isinstance(model, VaDE):
+        was_training = model.training
+        model.eval()
+        clusters = torch.cat([model.cluster(batch.to(device)).cpu() for batch in batches])
+        labels = torch.cat([batch.y for batch in batches])
+        model.train(was_training)
+        if distributed.active():
+            clusters = torch.cat(distributed.gather(clusters))
+            labels = torch.cat(distributed.gather(labels))
+        out["acc"] = cluster_accuracy(labels, clusters)
+        out["nmi"] = nmi(labels, clusters)
+    return out
+
+
+def image_report(split: ImageSplit, run_dir: Path, device: torch.device, seed: int = 0):
+    """A callback for the trainer: reconstruction and sample grids, logged to TensorBoard and written as PNG
+    under RUN_DIR/images/ (overwritten at each evaluation)."""
+    fixed = split.collate(list(range(10)))
+
+    def report(model: nn.Module) -> dict[str, torch.Tensor]:
+        was_training = model.training
+        model.eval()
+        grids = {}
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            batch = fixed.to(device)
+            if isinstance(model, QuadrantCVAE):
+                given = batch.x * model.observed + 0.5 * (1 - model.observed)
+                grids["completions"] = image_grid(torch.cat([given, model.complete(batch), batch.x]), rows=3)
+            else:
+                mu, _ = model.encode(batch)
+                recon = torch.sigmoid(model.decode_logits(mu.unsqueeze(1), model.condition(batch)))[:, 0]
+                grids["reconstructions"] = image_grid(torch.cat([batch.x, recon]), rows=2)
+            if isinstance(model, LabelCVAE):
+                labels = torch.arange(NUM_CLASSES, device=device).repeat_interleave(10)
+                grids["samples_by_digit"] = image_grid(model.sample(labels), rows=NUM_CLASSES)
+            elif isinstance(model, VaDE):
+                rows = [model.sample_cluster(c, 10) for c in range(model.mu_c.shape[0])]
+                grids["samples_by_cluster"] = image_grid(torch.cat(rows), rows=len(rows))
+            elif not isinstance(model, QuadrantCVAE):
+                z = torch.randn(64, 1, model.latent_dim, device=device)
+                grids["samples"] = image_grid(torch.sigmoid(model.decode_logits(z, None))[:, 0], rows=8)
+        model.train(was_training)
+        for tag, grid in grids.items():
+            save_png(grid, run_dir / "images" / f"{tag}.png")
+        return {f"images/{tag}": grid for tag, grid in grids.items()}
+
+    return report
+
+
+def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device, seed: int):
+    """VaDE's end of pretraining: fit a diagonal GMM (scikit-learn) on the training posterior means and
+    copy its weights, means and variances into the prior."""
+
+    def init(model: nn.Module) -> None:
+        from sklearn.mixture import GaussianMixture
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            mus = [model.encode(split.collate(b).to(device))[0].float().cpu() for b in split.ordered(batch_size)]
+        model.train(was_training)
+        features = torch.cat(mus).double().numpy()
+        gmm = GaussianMixture(model.mu_c.shape[0], covariance_type="diag", random_state=seed, reg_covar=1e-5)
+        gmm.fit(features)
+        model.init_mixture(*(torch.as_tensor(v, dtype=torch.float32) for v in (gmm.weights_, gmm.means_,
+                                                                               gmm.covariances_)))  # fmt: skip
+        model.to(device)
+        log.info("GMM prior initialized on %d pretrained posterior means", features.shape[0])
+
+    return init
+
+
+def train_image(config: Config, run_dir: Path, device: torch.device | None) -> dict[str, Any] | None:
+    """Train (or resume) an image run with the shared trainer; return the last validation metrics."""
+    from textvae.pipeline import check_resumable
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_resumable(config, run_dir)
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    if distributed.is_main():
+        config_lib.save(config, run_dir / "config.yaml")
+    splits = load_mnist(config.data.corpus, config.data.holdout)
+    log.info("MNIST: %s", ", ".join(f"{name} {len(split)} images" for name, split in splits.items()))
+    torch.manual_seed(config.train.seed)  # the model's initialization depends on the seed alone
+    model = build_image_model(config.model)
+    device = device or resolve_device(config.train.device)
+    train_cfg = config.train
+
+    def evaluate_valid(m: nn.Module) -> dict[str, Any]:
+        return image_metrics(m, splits["valid"], train_cfg.eval_batch_size, train_cfg.eval_iw_samples, device,
+                             train_cfg.precision)  # fmt: skip
+
+    end_pretraining = None
+    if isinstance(model, VaDE) and config.objective.pretrain_steps:
+        end_pretraining = mixture_initializer(splits["train"], train_cfg.eval_batch_size, device, train_cfg.seed)
+    trainer = Trainer(model, splits["train"], evaluate_valid, config, run_dir, device,
+                      report_images=image_report(splits["valid"], run_dir, device),
+                      end_pretraining=end_pretraining)  # fmt: skip
+    return trainer.fit()
+
+
+def load_image_run(run_dir: Path, config: Config, checkpoint: str = "best") -> tuple[nn.Module, torch.device, int]:
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        path = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    model = build_image_model(config.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise UserError(f"{path}: checkpoint does not match the model in {run_dir / 'config.yaml'}") from None
+    device = resolve_device(config.train.device)
+    return model.to(device).eval(), device, state["position"]["step"]
+
+
+def evaluate_image_run(run_dir: Path, config: Config, split: str, iw_samples: int, precision: str) -> dict[str, Any]:
+    model, device, step = load_image_run(run_dir, config)
+    splits = load_mnist(config.data.corpus, config.data.holdout)
+    metrics = image_metrics(model, splits[split], config.train.eval_batch_size, iw_samples, device, precision)
+    metrics["split"] = split
+    metrics["checkpoint_step"] = step
+    return metrics

@@ -1,0 +1,239 @@
+"""Image baselines: MNIST IDX reading, binarization, quadrant masks, IWAE bound, VaDE ELBO, clustering metrics,
+and the train / evaluate commands on a tiny synthetic MNIST."""
+
+import gzip
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from image_baselines.data import ImageBatch, ImageSplit, load_mnist, quadrant_mask, read_idx
+from image_baselines.metrics import cluster_accuracy
+from image_baselines.models import VaDE, build_image_model
+from textvae import config as config_lib
+from textvae.cli import main
+from textvae.core.estimators import iw_log_likelihood, iw_log_weights
+from textvae.core.gaussian import kl_standard_normal, log_normal
+from textvae.core.objective import elbo
+from textvae.errors import UserError
+from textvae.pipeline import train
+
+IMAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "image"
+
+
+def _write_idx(path: Path, array: torch.Tensor, compress: bool = True) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
+    data = header + array.to(torch.uint8).numpy().tobytes()
+    if compress:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as handle:
+            handle.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def _digits(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic 'digits': each class lights its own band of rows, plus noise; structure a tiny model can learn."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (count,), generator=g)
+    images = (torch.rand(count, 28, 28, generator=g) * 60).round()
+    for i, label in enumerate(labels.tolist()):
+        images[i, 2 * label + 4 : 2 * label + 7, 4:24] = 255
+    return images.to(torch.uint8), labels.to(torch.uint8)
+
+
+@pytest.fixture
+def mnist_dir(tmp_path) -> Path:
+    root = tmp_path / "mnist"
+    root.mkdir()
+    for prefix, count, seed in (("train", 400, 0), ("t10k", 100, 1)):
+        images, labels = _digits(count, seed)
+        _write_idx(root / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, compress=prefix == "t10k")  # .gz or raw
+    return root
+
+
+def _config(name: str, mnist_dir: Path, *overrides: str) -> config_lib.Config:
+    small = ["train.batch_size=50", "train.eval_batch_size=50", "train.eval_iw_samples=4", "train.log_every=5",
+             "train.device=cpu", f"data.corpus={mnist_dir}", "data.holdout=0.1"]  # fmt: skip
+    return config_lib.load(IMAGE_CONFIGS / name, [*small, *overrides])
+
+
+def test_read_idx_round_trips_and_rejects_truncated_files(tmp_path):
+    array = torch.arange(2 * 3 * 4).reshape(2, 3, 4).to(torch.uint8)
+    _write_idx(tmp_path / "a", array)
+    _write_idx(tmp_path / "b", array, compress=False)
+    assert torch.equal(read_idx(tmp_path / "a.gz"), array)
+    assert torch.equal(read_idx(tmp_path / "b"), array)
+    (tmp_path / "c").write_bytes((tmp_path / "b").read_bytes()[:-3])
+    with pytest.raises(UserError, match="truncated"):
+        read_idx(tmp_path / "c")
+    (tmp_path / "d").write_bytes(b"not an idx file")
+    with pytest.raises(UserError, match="not an IDX"):
+        read_idx(tmp_path / "d")
+
+
+def test_missing_mnist_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="MNIST IDX files"):
+        load_mnist(str(tmp_path), 0.1)
+
+
+def test_splits_and_binarization(mnist_dir):
+    splits = load_mnist(str(mnist_dir), 0.1)
+    assert [len(splits[s]) for s in ("train", "valid", "test")] == [360, 40, 100]
+    train_split = splits["train"]
+    train_split.plan(0, 50, seed=3)
+    first = train_split.collate(list(range(360))).x.clone()
+    train_split.plan(1, 50, seed=3)
+    second = train_split.collate(list(range(360))).x
+    assert set(first.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(first, second)  # a fresh draw each epoch (dynamic binarization)
+    train_split.plan(0, 50, seed=3)
+    assert torch.equal(first, train_split.collate(list(range(360))).x)  # ... deterministic in (seed, epoch)
+    # the mean of the draws is the grey level
+    assert abs(float(first.mean()) - float(train_split.grey.mean())) < 0.01
+    test_a = splits["test"].collate(list(range(100))).x
+    test_b = load_mnist(str(mnist_dir), 0.1)["test"].collate(list(range(100))).x
+    assert torch.equal(test_a, test_b)  # one fixed binarized test set
+
+
+@pytest.mark.parametrize("given, shown", [(1, [(1, 0)]), (2, [(0, 1), (1, 0)]), (3, [(0, 1), (1, 0), (1, 1)])])
+def test_quadrant_masks_cover_exactly_the_given_quadrants(given, shown):
+    mask = quadrant_mask(given).reshape(28, 28)
+    expected = torch.zeros(28, 28)
+    for row, col in shown:  # (0, 0) top-left, (1, 0) bottom-left, ...
+        expected[row * 14 : row * 14 + 14, col * 14 : col * 14 + 14] = 1
+    assert torch.equal(mask, expected)
+    assert int(mask.sum()) == 196 * given
+
+
+def test_quadrant_cvae_likelihood_counts_only_the_missing_pixels():
+    model = build_image_model(config_lib.ModelConfig(name="image_cvae", condition="quadrants", quadrants_given=2,
+                                                     hidden_sizes="16", latent_dim=3))  # fmt: skip
+    batch = ImageBatch(torch.bernoulli(torch.full((4, 784), 0.3)), torch.zeros(4, dtype=torch.long))
+    model.decode_logits = lambda z, cond: torch.zeros(z.shape[0], z.shape[1], 784)  # p = 1/2 for every pixel
+    ll = model.log_likelihood(batch, torch.randn(4, 2, 3))
+    assert torch.allclose(ll, torch.full((4, 2), -(784 - 2 * 196) * math.log(2)))
+
+
+def test_iwae_bound_with_k_1_is_the_elbo_and_grows_with_k():
+    torch.manual_seed(0)
+    model = build_image_model(config_lib.ModelConfig(name="image_vae", hidden_sizes="32", latent_dim=4))
+    batch = ImageBatch(torch.bernoulli(torch.full((3, 784), 0.2)), torch.zeros(3, dtype=torch.long))
+    with torch.no_grad():
+        mu, logvar = model.encode(batch)
+        log_w, log_px_z = iw_log_weights(model, batch, mu, logvar, 6000, 500)
+    # k = 1: E[log w] = E_q[log p(x|z)] - KL, the ELBO
+    elbo_value = log_px_z.mean(1) - kl_standard_normal(mu, logvar).sum(-1)
+    assert torch.allclose(log_w.mean(1), elbo_value, atol=0.15)
+    bounds = [iw_log_likelihood(log_w.reshape(3, -1, k).reshape(-1, k)).reshape(3, -1).mean(1) for k in (1, 10, 100)]
+    assert torch.all(bounds[0] <= bounds[1] + 1e-4) and torch.all(bounds[1] <= bounds[2] + 1e-4)
+    assert torch.all(bounds[2] - bounds[0] > 0.01)  # a strict gain on a model with a mismatched posterior
+
+
+def test_iwae_training_loss_is_the_importance_weighted_bound_with_gradients_through_it():
+    model = build_image_model(config_lib.ModelConfig(name="image_vae", hidden_sizes="16", latent_dim=3))
+    batch = ImageBatch(torch.bernoulli(torch.full((5, 784), 0.2)), torch.zeros(5, dtype=torch.long))
+    torch.manual_seed(1)
+    terms = elbo(model, batch, iw_samples=7)
+    torch.manual_seed(1)
+    mu, logvar = model.encode(batch)
+    log_w, _ = iw_log_weights(model, batch, mu, logvar, 7, 7)
+    assert torch.allclose(terms.loss, -iw_log_likelihood(log_w).mean(), atol=1e-4)
+    terms.loss.backward()
+    assert model.posterior.weight.grad is not None and model.posterior.weight.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="free bits"):
+        config_lib.from_dict({"objective": {"iw_samples": 5, "free_bits": 0.5}})
+
+
+def test_vade_kl_matches_a_direct_monte_carlo_estimate():
+    torch.manual_seed(0)
+    model = VaDE(config_lib.ModelConfig(name="vade", hidden_sizes="16", latent_dim=2, num_clusters=3))
+    with torch.no_grad():
+        model.init_mixture(torch.tensor([0.2, 0.3, 0.5]), torch.randn(3, 2), torch.rand(3, 2) + 0.3)
+        batch = ImageBatch(torch.bernoulli(torch.full((4, 784), 0.3)), torch.zeros(4, dtype=torch.long))
+        mu, logvar = model.encode(batch)
+        z0 = torch.randn(4, 1, 2)  # fixes q(c|x) = p(c|z0)
+        kl = model.kl_divergence(batch, mu, logvar, z0).sum(-1)
+        gamma = model.responsibilities(z0[:, 0])  # [B, K]
+        # direct: E_{z ~ q(z|x)} sum_c gamma_c [log q(z|x) + log gamma_c - log p(c) - log p(z|c)]
+        z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * torch.randn(4, 200_000, 2)
+        log_q = log_normal(z, mu.unsqueeze(1), logvar.unsqueeze(1))  # [B, S]
+        log_pz_c = log_normal(z.unsqueeze(2), model.mu_c, model.logvar_c)  # [B, S, K]
+        log_pc = torch.log_softmax(model.pi_logits, 0)
+        direct = (gamma.unsqueeze(1) * (log_q.unsqueeze(-1) + gamma.log().unsqueeze(1) - log_pc - log_pz_c)).sum(-1)
+    assert torch.allclose(kl, direct.mean(1), atol=0.03), (kl, direct.mean(1))
+
+
+def test_vade_prior_is_the_mixture_density():
+    model = VaDE(config_lib.ModelConfig(name="vade", hidden_sizes="8", latent_dim=2, num_clusters=2))
+    model.init_mixture(torch.tensor([0.25, 0.75]), torch.tensor([[0.0, 0.0], [2.0, -1.0]]), torch.ones(2, 2))
+    z = torch.tensor([[[1.0, 1.0]]])
+    expected = math.log(0.25 * math.exp(-1.0) / (2 * math.pi) + 0.75 * math.exp(-0.5 * (1 + 4)) / (2 * math.pi))
+    assert abs(float(model.log_prior(None, z).detach()) - expected) < 1e-5
+
+
+def test_hungarian_accuracy():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    assert cluster_accuracy(labels, torch.tensor([2, 2, 0, 0, 1, 1, 1])) == 1.0  # a relabelling
+    assert cluster_accuracy(labels, torch.tensor([1, 1, 1, 1, 0, 0, 0])) == pytest.approx(5 / 7)
+    assert cluster_accuracy(labels, torch.zeros(7, dtype=torch.long)) == pytest.approx(3 / 7)
+
+
+def test_image_vae_trains_and_evaluates_from_the_cli(mnist_dir, tmp_path, capsys):
+    run = tmp_path / "vae"
+    args = ["--set", f"data.corpus={mnist_dir}", "--set", "train.max_steps=14", "--set", "train.eval_every=7",
+            "--set", "train.batch_size=50", "--set", "model.hidden_sizes=32", "--set", "train.eval_iw_samples=3",
+            "--set", "train.eval_batch_size=50", "--set", "train.device=cpu", "--run-dir", str(run)]  # fmt: skip
+    assert main(["train", str(IMAGE_CONFIGS / "vae_mnist.yaml"), *args]) == 0
+    assert "last validation: nelbo" in capsys.readouterr().out
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/best.pt", "images/samples.png",
+                 "images/reconstructions.png"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert main(["evaluate", str(run), "--iw-samples", "5", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["images"] == 100 and metrics["iw_samples"] == 5 and metrics["split"] == "test"
+    assert metrics["nll"] <= metrics["nelbo"] + 1.0 and len(metrics["kl_per_dim"]) == 50
+    assert "ppl" not in metrics
+
+
+@pytest.mark.parametrize("config", ["cvae_mnist.yaml", "cvae_quadrants_mnist.yaml"])
+def test_cvae_runs_write_their_grids(config, mnist_dir, tmp_path):
+    run = tmp_path / "cvae"
+    metrics = train(_config(config, mnist_dir, "train.max_steps=6", "train.eval_every=6", "model.hidden_sizes=32",
+                            "model.latent_dim=4"), run)  # fmt: skip
+    assert math.isfinite(metrics["nll"]) and math.isfinite(metrics["kl"])
+    grid = "samples_by_digit.png" if config == "cvae_mnist.yaml" else "completions.png"
+    assert (run / "images" / grid).is_file()
+
+
+def test_vade_pretrains_fits_the_mixture_and_resumes_exactly(mnist_dir, tmp_path):
+    extra = ("model.hidden_sizes=32,64", "objective.pretrain_steps=8", "train.eval_every=4")
+    train(_config("vade_mnist.yaml", mnist_dir, "train.max_steps=14", *extra), tmp_path / "straight")
+    train(_config("vade_mnist.yaml", mnist_dir, "train.max_steps=6", *extra), tmp_path / "resumed")  # pretraining
+    train(_config("vade_mnist.yaml", mnist_dir, "train.max_steps=14", *extra), tmp_path / "resumed")
+    straight = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    records = [json.loads(line) for line in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["metrics"]["acc"] <= 1.0 and "nmi" in r["metrics"] for r in records)
+    # the mixture was fitted at the end of pretraining: the means moved off their random initialization
+    torch.manual_seed(0)
+    fresh = VaDE(_config("vade_mnist.yaml", mnist_dir, *extra).model)
+    assert not torch.allclose(fresh.mu_c, straight["model"]["mu_c"])
+
+
+def test_image_config_errors_are_one_line(mnist_dir):
+    with pytest.raises(UserError, match="quadrants_given"):
+        _config("cvae_quadrants_mnist.yaml", mnist_dir, "model.quadrants_given=4")
+    with pytest.raises(UserError, match="hidden_sizes"):
+        _config("vade_mnist.yaml", mnist_dir, "model.hidden_sizes=500,x")
+
+
+def test_image_split_batches_cover_every_image_once(mnist_dir):
+    split: ImageSplit = load_mnist(str(mnist_dir), 0.1)["train"]
+    plan = split.plan(0, 64, seed=1)
+    assert sorted(i for batch in plan for i in batch) == list(range(len(split)))
