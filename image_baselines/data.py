@@ -119,15 +119,18 @@ def quadrant_mask(given: int) -> Tensor:
 
 
 class ImageSplit:
-    """One split of grey-level images in [0, 1], binarized fixed (`dynamic=False`) or afresh per epoch."""
+    """One split of grey-level images in [0, 1], binarized fixed (`dynamic=False`) or afresh per epoch,
+    or (`binarize=False`) kept as grey levels."""
 
-    def __init__(self, images: Tensor, labels: Tensor, dynamic: bool, observed: Tensor | None = None):
+    def __init__(
+        self, images: Tensor, labels: Tensor, dynamic: bool, observed: Tensor | None = None, binarize: bool = True
+    ):
         self.grey = images.reshape(-1, PIXELS).float() / 255.0
         self.labels = labels.long()
-        self.dynamic = dynamic
+        self.dynamic = dynamic and binarize
         self.observed = observed  # [784] or None
         self._epoch: int | None = None
-        self._binary = self._binarize(FIXED_BINARIZATION_SEED) if not dynamic else None
+        self._binary = None if self.dynamic else self._binarize(FIXED_BINARIZATION_SEED) if binarize else self.grey
 
     def __len__(self) -> int:
         return self.grey.shape[0]
@@ -145,7 +148,7 @@ class ImageSplit:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
     def ordered(self, batch_size: int) -> list[list[int]]:
-        if self._binary is None:
+        if self._binary is None:  # a dynamic split asked for in order before any epoch: one fixed draw
             self._binary = self._binarize(FIXED_BINARIZATION_SEED)
         return [list(range(i, min(i + batch_size, len(self)))) for i in range(0, len(self), batch_size)]
 
@@ -155,8 +158,11 @@ class ImageSplit:
         return ImageBatch(self._binary[index], self.labels[index], observed)
 
 
-def load_mnist(corpus: str, holdout: float, observed: Tensor | None = None) -> dict[str, ImageSplit]:
-    """train (dynamic binarization), valid (the last `holdout` share of the training images) and test."""
+def load_mnist(
+    corpus: str, holdout: float, observed: Tensor | None = None, binarize: bool = True
+) -> dict[str, ImageSplit]:
+    """train (dynamic binarization), valid (the last `holdout` share of the training images) and test;
+    `binarize=False` keeps grey levels everywhere."""
     directory = find_mnist(corpus)
     raw = {
         split: (read_idx(_idx_path(directory, images)), read_idx(_idx_path(directory, labels)))
@@ -169,7 +175,7 @@ def load_mnist(corpus: str, holdout: float, observed: Tensor | None = None) -> d
     if cut <= 0 or cut >= len(train_images):
         raise UserError(f"config key data.holdout: {holdout} leaves no training or no validation images")
     return {
-        "train": ImageSplit(train_images[:cut], train_labels[:cut], dynamic=True, observed=observed),
-        "valid": ImageSplit(train_images[cut:], train_labels[cut:], dynamic=False, observed=observed),
-        "test": ImageSplit(*raw["test"], dynamic=False, observed=observed),
+        "train": ImageSplit(train_images[:cut], train_labels[:cut], True, observed, binarize),
+        "valid": ImageSplit(train_images[cut:], train_labels[cut:], False, observed, binarize),
+        "test": ImageSplit(*raw["test"], dynamic=False, observed=observed, binarize=binarize),
     }

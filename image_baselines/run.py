@@ -120,7 +120,7 @@ def train_image(config: Config, run_dir: Path, device: torch.device | None) -> d
         torch.set_num_threads(config.train.num_threads)
     if distributed.is_main():
         config_lib.save(config, run_dir / "config.yaml")
-    splits = load_mnist(config.data.corpus, config.data.holdout)
+    splits = load_mnist(config.data.corpus, config.data.holdout, binarize=config.data.binarize == "dynamic")
     log.info("MNIST: %s", ", ".join(f"{name} {len(split)} images" for name, split in splits.items()))
     torch.manual_seed(config.train.seed)  # the model's initialization depends on the seed alone
     model = build_image_model(config.model)
@@ -156,7 +156,7 @@ def load_image_run(run_dir: Path, config: Config, checkpoint: str = "best") -> t
 
 def evaluate_image_run(run_dir: Path, config: Config, split: str, iw_samples: int, precision: str) -> dict[str, Any]:
     model, device, step = load_image_run(run_dir, config)
-    splits = load_mnist(config.data.corpus, config.data.holdout)
+    splits = load_mnist(config.data.corpus, config.data.holdout, binarize=config.data.binarize == "dynamic")
     metrics = image_metrics(model, splits[split], config.train.eval_batch_size, iw_samples, device, precision)
     metrics["split"] = split
     metrics["checkpoint_step"] = step

@@ -237,3 +237,14 @@ def test_image_split_batches_cover_every_image_once(mnist_dir):
     split: ImageSplit = load_mnist(str(mnist_dir), 0.1)["train"]
     plan = split.plan(0, 64, seed=1)
     assert sorted(i for batch in plan for i in batch) == list(range(len(split)))
+
+
+@pytest.mark.parametrize("name", ["image_vae", "image_cvae"])
+def test_conv_variant_encodes_and_decodes_images(name):
+    model = build_image_model(config_lib.ModelConfig(name=name, architecture="conv", hidden_sizes="64", latent_dim=5))
+    batch = ImageBatch(torch.bernoulli(torch.full((3, 784), 0.3)), torch.tensor([1, 2, 3]))
+    mu, logvar = model.encode(batch)
+    assert mu.shape == logvar.shape == (3, 5)
+    assert model.log_likelihood(batch, torch.randn(3, 4, 5)).shape == (3, 4)
+    elbo(model, batch).loss.backward()
+    assert all(p.grad is not None for p in model.parameters())

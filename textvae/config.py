@@ -25,6 +25,8 @@ class DataConfig:
     max_length: int = 100  # tokens per sentence before <bos>/<eos>; longer ones are truncated and counted
     holdout: float = 0.05  # single-file corpus: share of lines held out for valid and for test (each);
     # mnist: share of the 60,000 training images held out for validation
+    binarize: str = "dynamic"  # mnist: dynamic (fresh Bernoulli draw per epoch; fixed for valid/test) | none (grey
+    # levels as Bernoulli targets, i.e. pixel cross-entropy, as the VaDE paper trains)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ _CHOICES = {
     ("data", "tokenizer"): ("word", "sentencepiece"),
     ("data", "split"): ("whitespace", "punct"),
     ("data", "sentencepiece_type"): ("unigram", "bpe"),
+    ("data", "binarize"): ("dynamic", "none"),
     ("model", "name"): ("lstm_vae", "lstm_lm", "transformer_vae", "transformer_lm", "image_vae", "image_cvae", "vade"),
     ("model", "z_injection"): ("embedding", "memory", "both"),
     ("model", "architecture"): ("mlp", "conv"),
