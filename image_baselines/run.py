@@ -100,7 +100,9 @@ def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device
             mus = [model.encode(split.collate(b).to(device))[0].float().cpu() for b in split.ordered(batch_size)]
         model.train(was_training)
         features = torch.cat(mus).double().numpy()
-        gmm = GaussianMixture(model.mu_c.shape[0], covariance_type="diag", random_state=seed, reg_covar=1e-5)
+        gmm = GaussianMixture(
+            model.mu_c.shape[0], covariance_type="diag", random_state=seed, reg_covar=1e-5, n_init=5
+        )  # the best of 5 k-means-initialized fits, by likelihood
         gmm.fit(features)
         model.init_mixture(*(torch.as_tensor(v, dtype=torch.float32) for v in (gmm.weights_, gmm.means_,
                                                                                gmm.covariances_)))  # fmt: skip
@@ -161,3 +163,28 @@ def evaluate_image_run(run_dir: Path, config: Config, split: str, iw_samples: in
     metrics["split"] = split
     metrics["checkpoint_step"] = step
     return metrics
+
+
+def sample_images(run_dir: Path, config: Config, n: int, label: int | None, out: Path, seed: int = 0) -> None:
+    """Generate n images from a trained run and write them as one PNG grid: from the prior, from one digit
+    (label CVAE) or from one mixture component (VaDE)."""
+    model, device, _ = load_image_run(run_dir, config)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        if isinstance(model, VaDE):
+            components = model.mu_c.shape[0]
+            if label is None or not 0 <= label < components:
+                raise UserError(f"--label: a VaDE run needs a mixture component in 0..{components - 1}")
+            images = model.sample_cluster(label, n)
+        elif isinstance(model, LabelCVAE):
+            if label is None or not 0 <= label < NUM_CLASSES:
+                raise UserError(f"--label: a label CVAE run needs a digit in 0..{NUM_CLASSES - 1}")
+            images = model.sample(torch.full((n,), label, dtype=torch.long, device=device))
+        elif isinstance(model, QuadrantCVAE):
+            raise UserError("a quadrant CVAE completes given quadrants; it has no unconditional samples")
+        else:
+            if label is not None:
+                raise UserError("--label applies to label CVAE and VaDE runs only")
+            z = torch.randn(n, 1, model.latent_dim, device=device)
+            images = torch.sigmoid(model.decode_logits(z, None))[:, 0]
+    save_png(image_grid(images, rows=max(1, round(n**0.5))), out)

@@ -207,6 +207,9 @@ def test_cvae_runs_write_their_grids(config, mnist_dir, tmp_path):
     assert math.isfinite(metrics["nll"]) and math.isfinite(metrics["kl"])
     grid = "samples_by_digit.png" if config == "cvae_mnist.yaml" else "completions.png"
     assert (run / "images" / grid).is_file()
+    out = tmp_path / "seven.png"
+    code = main(["sample", str(run), "-n", "4", "--label", "7", "--out", str(out)])
+    assert (code == 0 and out.is_file()) if config == "cvae_mnist.yaml" else (code == 2 and not out.exists())
 
 
 def test_vade_pretrains_fits_the_mixture_and_resumes_exactly(mnist_dir, tmp_path):

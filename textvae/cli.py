@@ -31,9 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
-    sample = commands.add_parser("sample", help="decode sentences from the prior")
+    sample = commands.add_parser("sample", help="decode sentences (or images) from the prior")
     sample.add_argument("run_dir")
-    sample.add_argument("-n", type=int, default=5, help="number of sentences (default 5)")
+    sample.add_argument("-n", type=int, default=5, help="number of sentences or images (default 5)")
+    sample.add_argument(
+        "--label",
+        type=int,
+        default=None,
+        help="image runs: the digit (label CVAE) or mixture component (VaDE) to generate from",
+    )
+    sample.add_argument("--out", default=None, help="image runs: PNG file (default RUN_DIR/images/sample.png)")
     _decoding_options(sample)
 
     reconstruct = commands.add_parser("reconstruct", help="encode sentences and decode their posterior means")
@@ -108,11 +115,23 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from textvae import config as config_lib
     from textvae.api import load
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
+    if args.command == "sample" and (run_dir / "config.yaml").is_file():
+        config = config_lib.load(run_dir / "config.yaml")
+        if config.model.name in config_lib.IMAGE_MODELS:
+            from image_baselines.run import sample_images
+
+            if args.n < 1:
+                raise UserError("-n must be at least 1")
+            out = Path(args.out) if args.out else run_dir / "images" / "sample.png"
+            sample_images(run_dir, config, args.n, args.label, out, args.seed)
+            print(out)
+            return 0
     options = {"strategy": args.decode, "beam_size": args.beam_size, "length_penalty": args.length_penalty,
                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}  # fmt: skip
     if args.max_length is not None:
