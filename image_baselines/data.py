@@ -8,7 +8,6 @@ test images are binarized once with a fixed seed, so reported numbers always use
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from textvae.data.corpus import data_dir
 from textvae.errors import UserError
 
 SIDE = 28
@@ -27,24 +27,12 @@ FILES = {
 FIXED_BINARIZATION_SEED = 0  # the seed of the one binarized validation / test set
 
 
-def data_dirs() -> list[Path]:
-    """Where `mnist` is looked for: $TEXTVAE_DATA_DIR, ../shared/data beside the checkout, the cache."""
-    dirs = []
-    if os.environ.get("TEXTVAE_DATA_DIR"):
-        dirs.append(Path(os.environ["TEXTVAE_DATA_DIR"]))
-    dirs.append(Path(__file__).resolve().parents[2] / "shared" / "data")
-    dirs.append(Path(os.environ.get("TEXTVAE_CACHE_DIR", Path.home() / ".cache" / "textvae")) / "data")
-    return dirs
-
-
 def find_mnist(corpus: str) -> Path:
-    """The directory holding the four IDX files: `corpus` is `mnist` (the data directories) or a path."""
-    candidates = [d / "mnist" for d in data_dirs()] if corpus == "mnist" else [Path(corpus)]
-    for directory in candidates:
-        if all(_idx_path(directory, name) for pair in FILES.values() for name in pair):
-            return directory
-    where = ", ".join(str(c) for c in candidates)
-    raise UserError(f"MNIST IDX files (train-images-idx3-ubyte[.gz] ...) not found in {where}")
+    """The directory holding the four IDX files: `corpus` is `mnist` (in the data directory) or a path."""
+    directory = data_dir() / "mnist" if corpus == "mnist" else Path(corpus)
+    if not all(_idx_path(directory, name) for pair in FILES.values() for name in pair):
+        raise UserError(f"MNIST IDX files (train-images-idx3-ubyte[.gz] ...) not found in {directory}")
+    return directory
 
 
 def _idx_path(directory: Path, name: str) -> Path | None:

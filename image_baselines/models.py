@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from image_baselines.data import PIXELS, SIDE, ImageBatch, quadrant_mask
 from textvae.config import ModelConfig, hidden_sizes
-from textvae.core.gaussian import bound_logvar, log_normal
+from textvae.core.gaussian import bound_logvar, kl_normal, log_normal
 
 NUM_CLASSES = 10
 
@@ -85,11 +85,8 @@ class ImageVAE(nn.Module):
     def condition(self, batch: ImageBatch) -> Tensor | None:
         return None
 
-    def encoder_input(self, batch: ImageBatch) -> Tensor:
-        return batch.x
-
     def encode(self, batch: ImageBatch) -> tuple[Tensor, Tensor]:
-        x, cond = self.encoder_input(batch), self.condition(batch)
+        x, cond = batch.x, self.condition(batch)
         if self.conv:
             h = self.encoder_body(x, cond)
         else:
@@ -155,8 +152,8 @@ class QuadrantCVAE(ImageVAE):
 
     def kl_divergence(self, batch: ImageBatch, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
         """KL(N(mu, s^2) || N(mu_p, s_p^2)) per dimension, analytic."""
-        mu_p, logvar_p = (t.float() for t in self.prior(batch))
-        return 0.5 * (logvar_p - logvar + (logvar.exp() + (mu - mu_p).pow(2)) * torch.exp(-logvar_p) - 1.0)
+        mu_p, logvar_p = self.prior(batch)
+        return kl_normal(mu, logvar, mu_p.float(), logvar_p.float())
 
     @torch.no_grad()
     def complete(self, batch: ImageBatch) -> Tensor:

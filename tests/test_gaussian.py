@@ -6,6 +6,7 @@ from torch.distributions import Normal, kl_divergence
 from textvae.core.gaussian import (
     bound_logvar,
     gaussian_entropy,
+    kl_normal,
     kl_standard_normal,
     log_normal,
     log_standard_normal,
@@ -18,6 +19,13 @@ def test_kl_matches_torch_distributions():
     mu, logvar = torch.randn(5, 7) * 2, torch.randn(5, 7)
     expected = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0))
     assert torch.allclose(kl_standard_normal(mu, logvar), expected, atol=1e-5)
+
+
+def test_kl_between_two_gaussians_matches_torch_distributions():
+    torch.manual_seed(1)
+    mu, logvar, mu_p, logvar_p = (torch.randn(4, 3) for _ in range(4))
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(mu_p, (0.5 * logvar_p).exp()))
+    assert torch.allclose(kl_normal(mu, logvar, mu_p, logvar_p), expected, atol=1e-5)
 
 
 def test_kl_is_zero_at_the_prior():

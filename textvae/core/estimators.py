@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from textvae.core.gaussian import log_normal, reparameterize
-from textvae.core.objective import LatentModel, log_prior
+from textvae.core.objective import LatentModel, log_prior_ratio
 
 
 def iw_log_weights(model: LatentModel, batch, mu: Tensor, logvar: Tensor, num_samples: int, chunk: int) -> Tensor:
@@ -21,9 +21,7 @@ def iw_log_weights(model: LatentModel, batch, mu: Tensor, logvar: Tensor, num_sa
     for start in range(0, num_samples, chunk):
         z = reparameterize(mu, logvar, min(chunk, num_samples - start))  # [B, k, D]
         log_px_z = model.log_likelihood(batch, z).float()  # [B, k]
-        log_pz = log_prior(model, batch, z)
-        log_qz = log_normal(z.float(), mu.float().unsqueeze(1), logvar.float().unsqueeze(1))
-        weights.append(log_px_z + log_pz - log_qz)
+        weights.append(log_px_z + log_prior_ratio(model, batch, z, mu, logvar))
         likelihoods.append(log_px_z)
     return torch.cat(weights, 1), torch.cat(likelihoods, 1)
 

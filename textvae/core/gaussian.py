@@ -27,6 +27,11 @@ def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
+def kl_normal(mu: Tensor, logvar: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(mu_p, diag exp(logvar_p))) per dimension; broadcasts. -> [..., D]."""
+    return 0.5 * (logvar_p - logvar + (logvar.exp() + (mu - mu_p).pow(2)) * torch.exp(-logvar_p) - 1.0)
+
+
 def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; mu, diag exp(logvar)) summed over the last dimension; broadcasts. -> z.shape[:-1]."""
     return -0.5 * (_LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)

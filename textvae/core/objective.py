@@ -61,6 +61,11 @@ def log_prior(model: LatentModel, batch: Any, z: Tensor) -> Tensor:
     return own(batch, z).float() if own is not None else log_standard_normal(z.float())
 
 
+def log_prior_ratio(model: LatentModel, batch: Any, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log p(z) - log q(z|x) for z: [B, K, D] drawn from q = N(mu, diag exp(logvar)) ([B, D]). -> [B, K]."""
+    return log_prior(model, batch, z) - log_normal(z.float(), mu.float().unsqueeze(1), logvar.float().unsqueeze(1))
+
+
 def kl_divergence(model: LatentModel, batch: Any, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
     """KL(q(z|x) || p(z)) as [B, D] terms: the model's own when its prior is not N(0, I), else analytic."""
     own = getattr(model, "kl_divergence", None)
@@ -96,8 +101,7 @@ def elbo(
     kl_per_dim = kl_divergence(model, batch, mu, logvar, z[:, :1])
     rec = -log_px_z.mean(1)
     if iw_samples > 1 and sample:
-        log_q = log_normal(z.float(), mu.float().unsqueeze(1), logvar.float().unsqueeze(1))
-        log_ratio = log_prior(model, batch, z) - log_q
+        log_ratio = log_prior_ratio(model, batch, z, mu, logvar)
         bound = torch.logsumexp(log_px_z + kl_weight * log_ratio, dim=1) - math.log(iw_samples)
         loss = -bound.mean()
     else:
