@@ -81,9 +81,19 @@ class ImageVAE(nn.Module):
             self.output = nn.Linear(sizes[0], PIXELS)
         self.conv = config.architecture == "conv"
         self.posterior = nn.Linear(sizes[-1], 2 * config.latent_dim)
+        self.pretrain_mse = config.pretrain_loss == "mse"
+        if config.init == "xavier":
+            for layer in self.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)
+                    nn.init.zeros_(layer.bias)
 
     def condition(self, batch: ImageBatch) -> Tensor | None:
         return None
+
+    def decoder_modules(self) -> list[nn.Module]:
+        """p(x|z)'s layers (for the decoder reset and aggressive training)."""
+        return [self.decoder_body, self.output]
 
     def encode(self, batch: ImageBatch) -> tuple[Tensor, Tensor]:
         x, cond = batch.x, self.condition(batch)
@@ -102,6 +112,14 @@ class ImageVAE(nn.Module):
 
     def log_likelihood(self, batch: ImageBatch, z: Tensor) -> Tensor:
         return bernoulli_log_prob(self.decode_logits(z, self.condition(batch)), batch.x.unsqueeze(1))
+
+    def autoencoder_log_likelihood(self, batch: ImageBatch, z: Tensor) -> Tensor:
+        """The pretraining phase's reconstruction term: with model.pretrain_loss mse, -1/2 the squared error
+        between the decoder's output layer (linear, before the sigmoid) and the image, as DEC's autoencoder."""
+        if not self.pretrain_mse:
+            return self.log_likelihood(batch, z)
+        out = self.decode_logits(z, self.condition(batch))
+        return -0.5 * (out - batch.x.unsqueeze(1)).pow(2).sum(-1)
 
 
 class LabelCVAE(ImageVAE):

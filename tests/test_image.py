@@ -251,3 +251,27 @@ def test_conv_variant_encodes_and_decodes_images(name):
     assert model.log_likelihood(batch, torch.randn(3, 4, 5)).shape == (3, 4)
     elbo(model, batch).loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_xavier_init_and_squared_error_pretraining():
+    config = config_lib.ModelConfig(name="vade", hidden_sizes="50,40", activation="relu", latent_dim=3,
+                                    init="xavier", pretrain_loss="mse")  # fmt: skip
+    torch.manual_seed(0)
+    model = build_image_model(config)
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Linear):
+            fan_out, fan_in = layer.weight.shape
+            bound = math.sqrt(6.0 / (fan_in + fan_out))  # Glorot uniform
+            assert not layer.bias.any() and layer.weight.abs().max() <= bound
+            assert layer.weight.abs().max() > 0.9 * bound
+    batch = ImageBatch(torch.rand(5, 784), torch.zeros(5, dtype=torch.long))
+    mu, _ = model.encode(batch)
+    out = model.decode_logits(mu.unsqueeze(1), None)[:, 0]
+    expected = 0.5 * (out - batch.x).pow(2).sum(-1).mean()
+    assert torch.allclose(elbo(model, batch, kl_weight=0.0, sample=False).loss, expected)  # the pretraining loss
+    with torch.no_grad():
+        model.posterior.bias[3:] = -30.0  # q(z|x) a point mass: a sample is mu
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.x, reduction="none").sum(-1)
+    assert torch.allclose(elbo(model, batch, kl_weight=0.0).rec, bce, atol=1e-3)  # VaDE phase: Bernoulli again
+    with pytest.raises(UserError, match="pretrain_loss"):
+        config_lib.from_dict({"model": {"name": "lstm_vae", "pretrain_loss": "mse"}})

@@ -52,6 +52,9 @@ class ModelConfig:
     condition: str = "label"  # image_cvae: label (one-hot digit) | quadrants (Sohn et al.: predict the missing ones)
     quadrants_given: int = 1  # image_cvae with condition quadrants: 1, 2 or 3 quadrants are observed
     num_clusters: int = 10  # vade: mixture components of the prior
+    init: str = "default"  # image MLPs: default (torch's) | xavier (Glorot uniform weights, zero biases, as Keras)
+    pretrain_loss: str = "likelihood"  # image models, objective.pretrain_steps: likelihood (the model's own) | mse
+    # (squared error of the decoder's output layer, as DEC's autoencoder; a code that clusters better for VaDE)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class ObjectiveConfig:
     free_bits_mode: str = "dim"  # dim: per dimension over the batch (Kingma et al. 2016) | vector: target KL
     iw_samples: int = 1  # k > 1 trains on the importance-weighted bound (IWAE, Burda et al. 2015)
     pretrain_steps: int = 0  # first train as a deterministic autoencoder (z = mu, no KL) for this many steps
+    reset_decoder: bool = False  # at the end of pretrain_steps, re-initialize the decoder (Li et al. 2019)
+    aggressive: bool = False  # aggressive inference-network training (He et al. 2019) until validation MI stops rising
+    aggressive_max_inner: int = 100  # most encoder-only steps before each decoder step
+    aggressive_window: int = 15  # encoder-only steps per window; the inner loop stops when a window's loss rises
+    bow_weight: float = 0.0  # bag-of-words loss on z (Zhao et al. 2017); 0 disables
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32)
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     max_nonfinite_steps: int = 20  # consecutive skipped (NaN/inf) steps before the run stops
+    collapse_kl: float = 0.1  # collapse monitor: validation KL (nats per example) below this is counted
+    collapse_patience: int = 3  # evaluations in a row below collapse_kl before the collapse warning; 0 disables
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,8 @@ _CHOICES = {
     ("model", "architecture"): ("mlp", "conv"),
     ("model", "activation"): ("tanh", "relu"),
     ("model", "condition"): ("label", "quadrants"),
+    ("model", "init"): ("default", "xavier"),
+    ("model", "pretrain_loss"): ("likelihood", "mse"),
     ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
     ("objective", "free_bits_mode"): ("dim", "vector"),
     ("optim", "name"): ("adam", "sgd"),
@@ -139,6 +151,8 @@ _POSITIVE = {
     ("model", "max_positions"),
     ("objective", "cycles"),
     ("objective", "iw_samples"),
+    ("objective", "aggressive_max_inner"),
+    ("objective", "aggressive_window"),
     ("model", "num_clusters"),
     ("optim", "lr"),
     ("train", "max_steps"),
@@ -205,6 +219,8 @@ def validate(config: Config) -> Config:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise UserError(f"config key {dotted}: must not be negative, got {value}")
     model = config.model
+    if not 0.0 < config.optim.lr_decay <= 1.0:
+        raise UserError(f"config key optim.lr_decay: must be in (0, 1] (1 disables), got {config.optim.lr_decay}")
     if model.name.startswith("transformer"):
         if model.embedding_dim % model.num_heads:
             raise UserError(f"config key model.num_heads: {model.num_heads} does not divide model.embedding_dim")
@@ -220,6 +236,17 @@ def validate(config: Config) -> Config:
         raise UserError("config key objective.cycle_total_steps: fewer steps than cycles")
     if objective.iw_samples > 1 and objective.free_bits > 0:
         raise UserError("config key objective.free_bits: free bits do not apply to the IWAE bound (iw_samples > 1)")
+    if objective.reset_decoder and not objective.pretrain_steps:
+        raise UserError("config key objective.reset_decoder: needs objective.pretrain_steps > 0 (the decoder is "
+                        "re-initialized when the autoencoder phase ends)")  # fmt: skip
+    latent_free = model.name.endswith("_lm")
+    for key in ("aggressive", "bow_weight", "reset_decoder"):
+        if latent_free and getattr(objective, key):
+            raise UserError(f"config key objective.{key}: {model.name} has no latent code")
+    if objective.bow_weight and model.name in IMAGE_MODELS:
+        raise UserError("config key objective.bow_weight: the bag-of-words loss is for text models")
+    if model.pretrain_loss != "likelihood" and model.name not in IMAGE_MODELS:
+        raise UserError("config key model.pretrain_loss: mse is for image models")
     if model.name in IMAGE_MODELS:
         if model.quadrants_given not in (1, 2, 3):
             raise UserError(f"config key model.quadrants_given: must be 1, 2 or 3, got {model.quadrants_given}")

@@ -17,6 +17,7 @@ from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint
 from textvae.core.evaluation import evaluate
+from textvae.core.remedies import reset_decoder
 from textvae.core.trainer import Trainer, resolve_device
 from textvae.data.batching import TextSplit
 from textvae.data.corpus import Corpus, load_corpus
@@ -69,7 +70,7 @@ def prepare(config: Config, run_dir: Path, splits: tuple[str, ...], corpus: Corp
     log.info("vocabulary %d (%s); %s", len(tokenizer), tokenizer.kind,
              ", ".join(f"{k} {len(v)} sentences" for k, v in encoded.items()))  # fmt: skip
     torch.manual_seed(config.train.seed)  # the model's initialization depends on the seed alone
-    model = build_text_model(config.model, tokenizer)
+    model = build_text_model(config.model, tokenizer, config.objective.bow_weight > 0)
     return TextRun(config, tokenizer, model, encoded, resolve_device(config.train.device))
 
 
@@ -166,7 +167,8 @@ def _train(config: Config, run_dir: Path, device: torch.device | None) -> dict[s
                         ppl_unit=ppl_unit(run.tokenizer))  # fmt: skip
 
     trainer = Trainer(run.model, run.splits["train"], evaluate_valid, config, run_dir, run.device,
-                      text_report(run, train_cfg.num_text_samples))  # fmt: skip
+                      text_report(run, train_cfg.num_text_samples),
+                      end_pretraining=reset_decoder if config.objective.reset_decoder else None)  # fmt: skip
     return trainer.fit()
 
 
@@ -186,7 +188,7 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
         if any(current[section].get(key) != value for key, value in saved.get(section, {}).items()):
             raise UserError(f"{path}: checkpoint was trained with another {section} config than {config_file}")
     tokenizer = load_tokenizer(run_dir / "tokenizer")
-    model = build_text_model(config.model, tokenizer)
+    model = build_text_model(config.model, tokenizer, config.objective.bow_weight > 0)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:

@@ -10,6 +10,10 @@ and, only when its prior is not N(0, I) (a conditional prior, a mixture), two mo
 
     log_prior(batch, z) -> log p(z)                   # z: [B, K, D] -> [B, K]
     kl_divergence(batch, mu, logvar, z) -> [B, D]     # terms summing to KL(q(z|x) || p(z)); z: [B, 1, D]
+
+and, optionally, the reconstruction term of the autoencoder pretraining phase (`sample=False`):
+
+    autoencoder_log_likelihood(batch, z) -> [B, K]    # default: log_likelihood
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class ElboTerms:
     kl: Tensor  # [B] true KL(q(z|x) || p(z)), never clipped
     kl_per_dim: Tensor  # [B, D]
     mu: Tensor | None  # [B, D]
+    bow: Tensor | None = None  # [B] -log p(bag of words | z) when the bag-of-words loss is on
 
 
 def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
@@ -82,6 +87,7 @@ def elbo(
     free_bits_mode: str = "dim",
     iw_samples: int = 1,
     sample: bool = True,
+    bow_weight: float = 0.0,
 ) -> ElboTerms:
     """Negative ELBO terms for one batch (per example) and the loss to minimize.
 
@@ -90,6 +96,8 @@ def elbo(
     log-sum-exp (the normalized weights are not detached). Free bits do not apply to it.
     `rec` is then averaged over the k samples; `kl` stays the analytic KL of the posterior.
     `sample=False` decodes z = mu (a deterministic autoencoder, for pretraining).
+    `bow_weight` > 0 adds that weight times the bag-of-words loss of the model's `bag_of_words` head
+    (Zhao et al. 2017) at the first sample of z; it is not part of the bound and does not reach the decoder.
     """
     if model.latent_dim == 0:
         rec = -model.log_likelihood(batch, None)[:, 0]
@@ -97,7 +105,10 @@ def elbo(
         return ElboTerms(loss=rec.mean(), rec=rec, kl=rec.new_zeros(rec.shape), kl_per_dim=zeros, mu=None)
     mu, logvar = model.encode(batch)
     z = reparameterize(mu, logvar, iw_samples) if sample else mu.unsqueeze(1)  # [B, k, D]
-    log_px_z = model.log_likelihood(batch, z).float()  # [B, k]
+    likelihood = model.log_likelihood
+    if not sample:  # autoencoder pretraining: a model may reconstruct with another loss there
+        likelihood = getattr(model, "autoencoder_log_likelihood", likelihood)
+    log_px_z = likelihood(batch, z).float()  # [B, k]
     kl_per_dim = kl_divergence(model, batch, mu, logvar, z[:, :1])
     rec = -log_px_z.mean(1)
     if iw_samples > 1 and sample:
@@ -106,7 +117,11 @@ def elbo(
         loss = -bound.mean()
     else:
         loss = rec.mean() + kl_weight * free_bits_kl(kl_per_dim, free_bits, free_bits_mode)
-    return ElboTerms(loss=loss, rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, mu=mu)
+    bow = None
+    if bow_weight > 0:
+        bow = -model.bag_of_words(batch.tokens, z[:, 0])
+        loss = loss + bow_weight * bow.mean()
+    return ElboTerms(loss=loss, rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, mu=mu, bow=bow)
 
 
 class ElboModule(nn.Module):
@@ -124,6 +139,10 @@ class ElboModule(nn.Module):
         free_bits_mode: str = "dim",
         iw_samples: int = 1,
         sample: bool = True,
+        bow_weight: float = 0.0,
     ):
-        terms = elbo(self.model, batch, kl_weight, free_bits, free_bits_mode, iw_samples, sample)
-        return {"loss": terms.loss, "rec": terms.rec, "kl": terms.kl}
+        terms = elbo(self.model, batch, kl_weight, free_bits, free_bits_mode, iw_samples, sample, bow_weight)
+        out = {"loss": terms.loss, "rec": terms.rec, "kl": terms.kl}
+        if terms.bow is not None:
+            out["bow"] = terms.bow
+        return out

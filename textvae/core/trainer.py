@@ -23,6 +23,7 @@ from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from textvae.core.evaluation import autocast
 from textvae.core.objective import ElboModule
+from textvae.core.remedies import split_parameters
 from textvae.core.schedules import kl_weight
 from textvae.errors import TrainingStopped, UserError
 
@@ -44,6 +45,10 @@ class Position:
     bad_evals: int = 0  # evaluations since the best one
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
     skipped_in_row: int = 0
+    aggressive: bool = True  # objective.aggressive still on (it ends for good when validation MI falls)
+    last_mi: float = -math.inf  # validation MI at the previous evaluation, for aggressive training
+    encoder_steps: int = 0  # encoder-only steps taken by aggressive training
+    low_kl_evals: int = 0  # evaluations in a row with validation KL below train.collapse_kl
 
 
 def summarize(metrics: dict[str, Any]) -> str:
@@ -105,8 +110,12 @@ class Trainer:
         self.report_images, self.end_pretraining = report_images, end_pretraining
         self.config, self.run_dir, self.device = config, Path(run_dir), device
         self.optimizer = build_optimizer(model, config)
+        self.decays = config.optim.lr_decay < 1.0  # optim.lr_decay 1 disables the plateau decay
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, factor=config.optim.lr_decay, patience=config.optim.lr_patience, min_lr=config.optim.min_lr
+            self.optimizer,
+            factor=config.optim.lr_decay if self.decays else 0.5,
+            patience=config.optim.lr_patience,
+            min_lr=config.optim.min_lr,
         )
         self.position = Position()
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -114,6 +123,11 @@ class Trainer:
         self.train_module: nn.Module = self.objective
         self._signal: int | None = None
         self._tokens = 0.0  # real tokens since the last train/ log, all ranks
+        self._plan: list[list[int]] = []  # this epoch's batches (aggressive training draws from them)
+        self._encoder_params: list[torch.nn.Parameter] = []
+        self._decoder_params: list[torch.nn.Parameter] = []
+        if config.objective.aggressive:
+            self._encoder_params, self._decoder_params = split_parameters(model)
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
 
@@ -184,22 +198,29 @@ class Trainer:
         else:
             steps_after = self.position.step - obj.pretrain_steps
             weight, sample = kl_weight(obj, steps_after, self.config.train.max_steps - obj.pretrain_steps), True
+        aggressive = self.aggressive_now()
+        inner = self._encoder_steps(weight, sample) if aggressive else 0
         self.model.train()
         with autocast(self.device, self.config.train.precision):
-            terms = self.train_module(batch, weight, obj.free_bits, obj.free_bits_mode, obj.iw_samples, sample)
+            terms = self.train_module(batch, weight, obj.free_bits, obj.free_bits_mode, obj.iw_samples, sample,
+                                      obj.bow_weight)  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks; scaling by share * world makes that the global-batch mean.
         (terms["loss"] * share * self.world).backward()
+        if aggressive:  # He et al.: after the encoder's inner loop, the step updates the decoder only
+            for p in self._encoder_params:
+                p.grad = None
         clip = self.config.optim.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         # Everything the step reports, gathered on the device and read back with one host sync.
         counts = torch.tensor([batch.size, batch.num_tokens, float(self._signal is not None)], dtype=torch.float64)
+        bow = terms["bow"].detach().sum() if "bow" in terms else torch.zeros((), device=grad_norm.device)
         local = torch.cat([
             torch.stack([terms["loss"].detach() * share, terms["rec"].detach().sum(), terms["kl"].detach().sum(),
-                         grad_norm.detach() / self.world]).double(),
+                         grad_norm.detach() / self.world, bow]).double(),
             counts.to(grad_norm.device),
         ])  # fmt: skip
-        loss, rec, kl, grad_norm, size, tokens, signals = distributed.sum_across(local).tolist()
+        loss, rec, kl, grad_norm, bow, size, tokens, signals = distributed.sum_across(local).tolist()
         if signals and self._signal is None:
             self._signal = signal.SIGTERM  # another rank was signalled: stop together
         self._tokens += tokens
@@ -216,7 +237,53 @@ class Trainer:
             return None
         self.position.skipped_in_row = 0
         self._step_with_warmup()
-        return {"loss": loss, "rec": rec / size, "kl": kl / size, "kl_weight": weight, "grad_norm": grad_norm}
+        stats = {"loss": loss, "rec": rec / size, "kl": kl / size, "kl_weight": weight, "grad_norm": grad_norm}
+        if "bow" in terms:
+            stats["bow"] = bow / size
+        if obj.aggressive:
+            stats["encoder_steps"] = float(inner)
+        return stats
+
+    def aggressive_now(self) -> bool:
+        """Whether this step trains aggressively: on in the config, past pretraining, and MI has not fallen."""
+        obj = self.config.objective
+        return obj.aggressive and self.position.aggressive and self.position.step >= obj.pretrain_steps
+
+    def _encoder_steps(self, weight: float, sample: bool) -> int:
+        """He et al. (2019)'s inner loop: encoder-only steps on random batches of this epoch until the summed
+        loss of a window of `aggressive_window` steps is no lower than the previous window's, at most
+        `aggressive_max_inner`. The batches are a pure function of (seed, step): a resumed run draws the same."""
+        obj, train = self.config.objective, self.config.train
+        generator = torch.Generator().manual_seed(train.seed * 1_000_003 + self.position.step)
+        picks = torch.randint(len(self._plan), (obj.aggressive_max_inner,), generator=generator).tolist()
+        clip = self.config.optim.grad_clip or math.inf
+        window, previous = 0.0, math.inf
+        self.model.train()
+        for count, pick in enumerate(picks, 1):
+            indices = self._plan[pick]
+            shard = indices[self.rank :: self.world]
+            batch = self.data.collate(shard).to(self.device)
+            share = len(shard) / len(indices)
+            with autocast(self.device, train.precision):
+                terms = self.train_module(batch, weight, obj.free_bits, obj.free_bits_mode, obj.iw_samples, sample,
+                                          obj.bow_weight)  # fmt: skip
+            self.optimizer.zero_grad(set_to_none=True)
+            (terms["loss"] * share * self.world).backward()
+            for p in self._decoder_params:
+                p.grad = None
+            loss = distributed.sum_across(terms["loss"].detach().double() * share).item()
+            if not math.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return count - 1
+            torch.nn.utils.clip_grad_norm_(self._encoder_params, clip)
+            self.optimizer.step()
+            self.position.encoder_steps += 1
+            window += loss
+            if count % obj.aggressive_window == 0:
+                if window >= previous:
+                    return count
+                previous, window = window, 0.0
+        return len(picks)
 
     def _step_with_warmup(self) -> None:
         """optimizer.step() with the LR scaled by min(1, (step + 1) / warmup_steps), a pure function of the step.
@@ -280,6 +347,7 @@ class Trainer:
             plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed)
             if self.world > 1:  # every rank needs a share of each batch
                 plan = [indices for indices in plan if len(indices) >= self.world]
+            self._plan = plan
             while self.position.batch < len(plan) and self.position.step < train.max_steps and not stop:
                 indices = plan[self.position.batch]
                 shard = indices[self.rank :: self.world]  # the same global plan on every rank, split
@@ -327,6 +395,35 @@ class Trainer:
         self.position.best, self.position.bad_evals = math.inf, 0
         self.save(self.last_path)  # a resumed run never runs the hook twice
 
+    def _watch_latent(self, metrics: dict[str, Any], writer) -> None:
+        """End aggressive training once validation MI falls (He et al.); warn when the KL has stayed below
+        train.collapse_kl for train.collapse_patience evaluations in a row (posterior collapse)."""
+        position, step = self.position, self.position.step
+        if getattr(self.model, "latent_dim", 0) == 0 or step < self.config.objective.pretrain_steps:
+            return
+        if self.aggressive_now() and "mi" in metrics:
+            if metrics["mi"] < position.last_mi:
+                position.aggressive = False
+                log.info("step %d: validation MI fell (%.3f < %.3f): aggressive training ends after %d encoder-only "
+                         "steps", step, metrics["mi"], position.last_mi, position.encoder_steps)  # fmt: skip
+            position.last_mi = metrics["mi"]
+        writer.add_scalar("val/aggressive", float(self.aggressive_now()), step)
+        train = self.config.train
+        if not train.collapse_patience or "kl" not in metrics:
+            return
+        position.low_kl_evals = position.low_kl_evals + 1 if metrics["kl"] < train.collapse_kl else 0
+        collapsed = position.low_kl_evals >= train.collapse_patience
+        writer.add_scalar("val/collapsed", float(collapsed), step)
+        if position.low_kl_evals == train.collapse_patience:
+            message = (
+                f"step {step}: posterior collapse: validation KL {metrics['kl']:.3f} < {train.collapse_kl} nats for "
+                f"{position.low_kl_evals} evaluations in a row (active units {metrics.get('au', '?')}); the decoder "
+                "ignores z. Remedies: KL annealing, word dropout, free bits, objective.aggressive, "
+                "objective.bow_weight (README: Keeping the latent code alive)"
+            )
+            log.warning("%s", message)
+            writer.add_text("val/collapse_warning", message, step)
+
     def _log_train(self, writer, bar, window) -> None:
         now = time.perf_counter()
         count = len(window["stats"])
@@ -344,7 +441,7 @@ class Trainer:
         step = self.position.step
         metrics = self.evaluate_fn(self.model)
         objective = metrics["nelbo"]
-        if scheduled:
+        if scheduled and self.decays:
             self.scheduler.step(objective)
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -361,6 +458,7 @@ class Trainer:
             record = {"step": step, "epoch": self.position.epoch, "split": "valid", "metrics": metrics}
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+        self._watch_latent(metrics, writer)
         if scheduled and objective < self.position.best:
             self.position.best, self.position.bad_evals = objective, 0
             self.save(self.best_path)

@@ -6,6 +6,7 @@ from torch import nn
 
 from textvae.config import ModelConfig
 from textvae.data.tokenizer import Tokenizer
+from textvae.models.bow import BagOfWords
 from textvae.models.lstm_lm import LSTMLM
 from textvae.models.lstm_vae import LSTMVAE
 from textvae.models.transformer_vae import TransformerLM, TransformerVAE
@@ -18,7 +19,11 @@ TEXT_MODELS = {
 }
 
 
-def build_text_model(config: ModelConfig, tokenizer: Tokenizer) -> nn.Module:
-    """Build the text model named by config.name for this tokenizer's vocabulary."""
+def build_text_model(config: ModelConfig, tokenizer: Tokenizer, bag_of_words: bool = False) -> nn.Module:
+    """Build the text model named by config.name for this tokenizer's vocabulary; `bag_of_words` adds the
+    head of the bag-of-words loss (objective.bow_weight > 0) as `model.bag_of_words`."""
     cls = TEXT_MODELS[config.name]
-    return cls(len(tokenizer), config, tokenizer.pad_id, tokenizer.unk_id, tokenizer.special_ids)
+    model = cls(len(tokenizer), config, tokenizer.pad_id, tokenizer.unk_id, tokenizer.special_ids)
+    if bag_of_words:
+        model.bag_of_words = BagOfWords(config.latent_dim, config.hidden_size, len(tokenizer), tokenizer.special_ids)
+    return model

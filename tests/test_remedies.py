@@ -1,0 +1,206 @@
+"""Posterior-collapse remedies: aggressive training, decoder reset, bag-of-words loss, collapse monitor."""
+
+import logging
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from textvae import config as config_lib
+from textvae.config import DataConfig, ModelConfig
+from textvae.core.objective import elbo
+from textvae.core.remedies import reset_decoder, split_parameters
+from textvae.core.trainer import Trainer
+from textvae.data.batching import TextSplit
+from textvae.data.tokenizer import WordTokenizer
+from textvae.errors import UserError
+from textvae.models import build_text_model
+from textvae.pipeline import train
+
+from conftest import make_sentences
+
+
+class _Source:
+    """Eight fixed random batches of 3-dimensional points."""
+
+    def plan(self, epoch, batch_size, max_tokens=0, seed=0):
+        return [[i] for i in range(8)]
+
+    def collate(self, indices):
+        x = torch.randn(4, 3, generator=torch.Generator().manual_seed(indices[0]))
+        batch = SimpleNamespace(x=x, size=4, num_tokens=4)
+        batch.to = lambda device: batch
+        return batch
+
+
+class _TinyVAE(nn.Module):
+    latent_dim = 2
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(3, 4)
+        self.decoder = nn.Linear(2, 3)
+
+    def encode(self, batch):
+        mu, logvar = self.encoder(batch.x).chunk(2, -1)
+        return mu, logvar
+
+    def log_likelihood(self, batch, z):
+        return -(self.decoder(z) - batch.x.unsqueeze(1)).pow(2).sum(-1)
+
+
+def _recording_trainer(tmp_path, mi_values, **objective):
+    """A trainer on the tiny model whose optimizer records, per step, which side has gradients."""
+    config = config_lib.from_dict({
+        "objective": {"kl_schedule": "constant", "aggressive": True, **objective},
+        "train": {"max_steps": 6, "eval_every": 2, "log_every": 1, "device": "cpu", "collapse_patience": 0},
+        "optim": {"lr_decay": 1.0},
+    })  # fmt: skip
+    torch.manual_seed(0)
+    model = _TinyVAE()
+    mis = iter(mi_values)
+    trainer = Trainer(model, _Source(), lambda m: {"nelbo": 1.0, "kl": 1.0, "mi": next(mis)}, config, tmp_path,
+                      torch.device("cpu"))  # fmt: skip
+    sides = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        encoder = all(p.grad is not None for p in model.encoder.parameters())
+        decoder = all(p.grad is not None for p in model.decoder.parameters())
+        sides.append(("E" if encoder else "") + ("D" if decoder else ""))
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    return trainer, sides
+
+
+def test_aggressive_training_takes_encoder_only_steps_before_each_decoder_step_and_stops_when_mi_falls(tmp_path):
+    # MI at the evaluations of steps 2 and 4: 1.0 then 0.5 (falls): aggressive training covers steps 1-4 only
+    trainer, sides = _recording_trainer(tmp_path, [1.0, 0.5, 0.7], aggressive_window=2, aggressive_max_inner=6)
+    trainer.fit()
+    inner, i = [], 0
+    for _ in range(4):  # steps 1-4: encoder-only steps, then one decoder-only step
+        n = 0
+        while sides[i] == "E":
+            n, i = n + 1, i + 1
+        assert sides[i] == "D", sides
+        inner.append(n)
+        i += 1
+    assert all(2 <= n <= 6 and n % 2 == 0 for n in inner), inner  # whole windows, within the cap
+    assert sum(inner) == trainer.position.encoder_steps
+    assert sides[i:] == ["ED", "ED"]  # steps 5-6: joint, as without the remedy
+    assert trainer.position.aggressive is False
+
+
+class _ScriptedVAE(_TinyVAE):
+    """-log p(x|z) follows a script, call by call: 99, 98, ..., 91, then 100 for ever."""
+
+    calls = 0
+
+    def log_likelihood(self, batch, z):
+        self.calls += 1
+        value = 100.0 - self.calls if self.calls <= 9 else 100.0
+        return -value + 0.0 * self.decoder(z).sum(-1)
+
+
+def test_aggressive_inner_loop_stops_at_the_first_window_whose_loss_does_not_fall(tmp_path):
+    trainer, sides = _recording_trainer(tmp_path, [1.0], aggressive_window=3, aggressive_max_inner=30)
+    trainer.model.__class__ = _ScriptedVAE
+    trainer.config = config_lib.replace(trainer.config, train={"max_steps": 1})
+    trainer.fit()
+    # windows of 3: 99+98+97 > 96+95+94 > 93+92+91 < 100+100+100: the fourth window ends the loop
+    assert "".join(sides) == "E" * 12 + "D"
+    assert trainer.position.encoder_steps == 12
+
+
+def test_without_aggressive_every_step_is_joint(tmp_path):
+    trainer, sides = _recording_trainer(tmp_path, [1.0, 2.0, 3.0])
+    trainer.config = config_lib.replace(trainer.config, objective={"aggressive": False})
+    trainer.fit()
+    assert sides == ["ED"] * 6
+
+
+@pytest.fixture(scope="module")
+def split():
+    sentences = make_sentences(40)
+    tok = WordTokenizer.build(sentences, DataConfig())
+    return TextSplit(sentences, tok, 30)
+
+
+@pytest.mark.parametrize("name", ["lstm_vae", "transformer_vae"])
+def test_decoder_reset_reinitializes_the_decoder_and_nothing_else(split, name):
+    torch.manual_seed(0)
+    model = build_text_model(ModelConfig(name=name, embedding_dim=8, hidden_size=12, latent_dim=3), split.tokenizer,
+                             bag_of_words=True)  # fmt: skip
+    encoder, decoder = split_parameters(model)
+    assert decoder and encoder and len(encoder) + len(decoder) == len(list(model.parameters()))
+    assert all(p is not q for p in encoder for q in decoder)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.123)
+    reset_decoder(model)
+    assert all(torch.all(p == 0.123) for p in encoder)  # the encoder and the bag-of-words head untouched
+    for p in decoder:  # every decoder tensor drawn afresh (or zeroed, as a padding row)
+        assert (p != 0.123).float().mean() > 0.5
+
+
+def test_decoder_reset_after_pretraining_in_a_run(tiny_config_path, corpus_dir, tmp_path, caplog):
+    config = config_lib.load(tiny_config_path, [f"data.corpus={corpus_dir}", "objective.pretrain_steps=6",
+                                                "objective.reset_decoder=true", "train.max_steps=10"])  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        train(config, tmp_path / "run")
+    assert "decoder re-initialized" in caplog.text
+    with pytest.raises(UserError, match="pretrain_steps"):
+        config_lib.load(tiny_config_path, ["objective.reset_decoder=true"])
+
+
+def test_bag_of_words_loss_reaches_the_encoder_and_never_the_decoder(split):
+    torch.manual_seed(0)
+    model = build_text_model(ModelConfig(embedding_dim=8, hidden_size=12, latent_dim=3), split.tokenizer,
+                             bag_of_words=True)  # fmt: skip
+    batch = split.collate(list(range(6)))
+    torch.manual_seed(1)
+    with_bow = elbo(model, batch, kl_weight=1.0, bow_weight=0.5)
+    torch.manual_seed(1)
+    without = elbo(model, batch, kl_weight=1.0)
+    assert torch.allclose(with_bow.loss, without.loss + 0.5 * with_bow.bow.mean())
+    model.zero_grad()
+    with_bow.bow.sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())
+    assert model.encoder.weight_ih_l0.grad.abs().sum() > 0
+    assert model.bag_of_words.net[0].weight.grad.abs().sum() > 0
+
+
+def test_bag_of_words_log_probability_is_exact(split):
+    torch.manual_seed(0)
+    model = build_text_model(ModelConfig(latent_dim=3), split.tokenizer, bag_of_words=True)
+    head = model.bag_of_words
+    nn.init.zeros_(head.net[2].weight)
+    nn.init.zeros_(head.net[2].bias)  # uniform over the vocabulary: log p = -(words) log V
+    batch = split.collate([0, 1, 2])
+    words = (batch.lengths - 2).float()  # <bos> and <eos> are not words
+    expected = -words * math.log(len(split.tokenizer))
+    assert torch.allclose(head(batch.tokens, torch.randn(3, 3)), expected, atol=1e-4)
+
+
+def _run_with_monitor(tiny_config_path, corpus_dir, run_dir, caplog, *overrides):
+    config = config_lib.load(tiny_config_path, [f"data.corpus={corpus_dir}", "train.max_steps=60", "train.eval_every=5",
+                                                "train.collapse_patience=3", "train.collapse_kl=0.1",
+                                                "objective.kl_schedule=constant", *overrides])  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train(config, run_dir)
+    return [r for r in caplog.records if "posterior collapse" in r.getMessage()]
+
+
+def test_collapse_warning_fires_on_a_collapsed_model_and_not_on_a_healthy_one(
+    tiny_config_path, corpus_dir, tmp_path, caplog
+):
+    collapsed = _run_with_monitor(tiny_config_path, corpus_dir, tmp_path / "beta", caplog,
+                                  "objective.kl_weight=20", "objective.free_bits=0")  # fmt: skip
+    healthy = _run_with_monitor(tiny_config_path, corpus_dir, tmp_path / "fb", caplog,
+                                "objective.kl_weight=1", "objective.free_bits=1.0")  # fmt: skip
+    assert len(collapsed) == 1  # once per streak, not at every evaluation
+    assert healthy == []
