@@ -204,3 +204,17 @@ def test_collapse_warning_fires_on_a_collapsed_model_and_not_on_a_healthy_one(
                                 "objective.kl_weight=1", "objective.free_bits=1.0")  # fmt: skip
     assert len(collapsed) == 1  # once per streak, not at every evaluation
     assert healthy == []
+
+
+def test_aggressive_run_with_bag_of_words_resumes_to_the_same_parameters(tiny_config_path, corpus_dir, tmp_path):
+    extra = [f"data.corpus={corpus_dir}", "objective.aggressive=true", "objective.aggressive_window=2",
+             "objective.aggressive_max_inner=6", "objective.bow_weight=0.5", "train.eval_every=3",
+             "model.word_dropout=0.2"]  # fmt: skip
+    train(config_lib.load(tiny_config_path, [*extra, "train.max_steps=8"]), tmp_path / "straight")
+    train(config_lib.load(tiny_config_path, [*extra, "train.max_steps=4"]), tmp_path / "resumed")
+    train(config_lib.load(tiny_config_path, [*extra, "train.max_steps=8"]), tmp_path / "resumed")
+    straight = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
+    assert straight["position"] == resumed["position"] and straight["position"]["encoder_steps"] > 8
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key

@@ -458,7 +458,8 @@ class Trainer:
             record = {"step": step, "epoch": self.position.epoch, "split": "valid", "metrics": metrics}
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-        self._watch_latent(metrics, writer)
+        if scheduled:  # a report-only evaluation changes no state, so a resumed run matches a straight one
+            self._watch_latent(metrics, writer)
         if scheduled and objective < self.position.best:
             self.position.best, self.position.bad_evals = objective, 0
             self.save(self.best_path)
