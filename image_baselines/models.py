@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from image_baselines.data import PIXELS, SIDE, ImageBatch, quadrant_mask
 from textvae.config import ModelConfig, hidden_sizes
+from textvae.core.flows import attach_flow
 from textvae.core.gaussian import bound_logvar, kl_normal, log_normal
 
 NUM_CLASSES = 10
@@ -247,7 +248,10 @@ class VaDE(ImageVAE):
 
 def build_image_model(config: ModelConfig) -> nn.Module:
     if config.name == "vade":
-        return VaDE(config)
-    if config.name == "image_cvae":
-        return QuadrantCVAE(config) if config.condition == "quadrants" else LabelCVAE(config)
-    return ImageVAE(config)
+        model: nn.Module = VaDE(config)
+    elif config.name == "image_cvae":
+        model = QuadrantCVAE(config) if config.condition == "quadrants" else LabelCVAE(config)
+    else:
+        model = ImageVAE(config)
+    attach_flow(model, config.flow, config.flow_layers, config.flow_hidden)
+    return model

@@ -20,6 +20,7 @@ from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint
 from textvae.core.evaluation import evaluate
+from textvae.core.gaps import inference_gaps
 from textvae.core.trainer import Trainer, resolve_device
 from textvae.errors import UserError
 
@@ -36,6 +37,8 @@ def image_metrics(
     batches = [split.collate(indices) for indices in plan]
     metrics = evaluate(model, batches, iw_samples, device, precision)
     out = {key: metrics[key] for key in IMAGE_KEYS}
+    if "kl_estimate" in metrics:
+        out["kl_estimate"] = metrics["kl_estimate"]
     out["images"] = metrics["sentences"]
     if isinstance(model, VaDE):
         was_training = model.training
@@ -156,12 +159,18 @@ def load_image_run(run_dir: Path, config: Config, checkpoint: str = "best") -> t
     return model.to(device).eval(), device, state["position"]["step"]
 
 
-def evaluate_image_run(run_dir: Path, config: Config, split: str, iw_samples: int, precision: str) -> dict[str, Any]:
+def evaluate_image_run(
+    run_dir: Path, config: Config, split: str, iw_samples: int, precision: str, gaps: dict[str, Any] | None = None
+) -> dict[str, Any]:
     model, device, step = load_image_run(run_dir, config)
     splits = load_mnist(config.data.corpus, config.data.holdout, binarize=config.data.binarize == "dynamic")
     metrics = image_metrics(model, splits[split], config.train.eval_batch_size, iw_samples, device, precision)
     metrics["split"] = split
     metrics["checkpoint_step"] = step
+    if gaps is not None:
+        data = splits[split]
+        batches = [data.collate(indices) for indices in data.ordered(config.train.eval_batch_size)]
+        metrics["gaps"] = inference_gaps(model, batches, device, -metrics["nll"], **gaps)
     return metrics
 
 

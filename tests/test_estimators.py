@@ -44,7 +44,7 @@ class LinearGaussian(torch.nn.Module):
 def _estimate(model, x, samples, chunk=64):
     batch = SimpleNamespace(x=x)
     mu, logvar = model.encode(batch)
-    log_w, _ = iw_log_weights(model, batch, mu, logvar, samples, chunk)
+    log_w, _, _ = iw_log_weights(model, batch, mu, logvar, samples, chunk)
     return iw_log_likelihood(log_w)
 
 

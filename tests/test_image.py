@@ -124,7 +124,7 @@ def test_iwae_bound_with_k_1_is_the_elbo_and_grows_with_k():
     batch = ImageBatch(torch.bernoulli(torch.full((3, 784), 0.2)), torch.zeros(3, dtype=torch.long))
     with torch.no_grad():
         mu, logvar = model.encode(batch)
-        log_w, log_px_z = iw_log_weights(model, batch, mu, logvar, 6000, 500)
+        log_w, log_px_z, _ = iw_log_weights(model, batch, mu, logvar, 6000, 500)
     # k = 1: E[log w] = E_q[log p(x|z)] - KL, the ELBO
     elbo_value = log_px_z.mean(1) - kl_standard_normal(mu, logvar).sum(-1)
     assert torch.allclose(log_w.mean(1), elbo_value, atol=0.15)
@@ -140,7 +140,7 @@ def test_iwae_training_loss_is_the_importance_weighted_bound_with_gradients_thro
     terms = elbo(model, batch, iw_samples=7)
     torch.manual_seed(1)
     mu, logvar = model.encode(batch)
-    log_w, _ = iw_log_weights(model, batch, mu, logvar, 7, 7)
+    log_w, _, _ = iw_log_weights(model, batch, mu, logvar, 7, 7)
     assert torch.allclose(terms.loss, -iw_log_likelihood(log_w).mean(), atol=1e-4)
     terms.loss.backward()
     assert model.posterior.weight.grad is not None and model.posterior.weight.grad.abs().sum() > 0

@@ -30,6 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iw-samples", type=int, default=500, help="importance samples for the NLL (default 500)")
     evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument(
+        "--gaps",
+        action="store_true",
+        help="also the approximation and amortization gaps (Cremer et al. 2018), by SVI refinement",
+    )
+    evaluate.add_argument("--svi-steps", type=int, default=50, help="SVI steps per example for --gaps (default 50)")
+    evaluate.add_argument("--svi-lr", type=float, default=0.05, help="Adam step size of the SVI refinement")
+    evaluate.add_argument("--elbo-samples", type=int, default=20,
+                          help="draws per example for the ELBOs of --gaps (default 20)")  # fmt: skip
 
     sample = commands.add_parser("sample", help="decode sentences (or images) from the prior")
     sample.add_argument("run_dir")
@@ -100,7 +109,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision)
+    gaps = None
+    if args.gaps:
+        if args.svi_steps < 0 or args.svi_lr <= 0 or args.elbo_samples < 1:
+            raise UserError("--svi-steps must be >= 0, --svi-lr > 0 and --elbo-samples >= 1")
+        gaps = {"svi_steps": args.svi_steps, "svi_lr": args.svi_lr, "elbo_samples": args.elbo_samples}
+    metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision, gaps)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -109,8 +123,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             if key in metrics:
                 value = metrics[key]
                 print(f"{key:>10}  {value:.3f}" if isinstance(value, float) else f"{key:>10}  {value}")
+        for key, value in metrics.get("gaps", {}).items():
+            print(f"{key:>18}  {value:.3f}" if isinstance(value, float) else f"{key:>18}  {value}")
         per = f"ppl per {metrics['ppl_per']}, <eos> counted; " if "ppl_per" in metrics else ""
         print(f"(split {args.split}; {per}mi uses the aggregate posterior over the whole split)")
+        if "kl_estimate" in metrics:
+            print(f"(kl: {metrics['kl_estimate']}; mi of the base Gaussian, before the flow)")
     return 0
 
 

@@ -52,6 +52,9 @@ class ModelConfig:
     condition: str = "label"  # image_cvae: label (one-hot digit) | quadrants (Sohn et al.: predict the missing ones)
     quadrants_given: int = 1  # image_cvae with condition quadrants: 1, 2 or 3 quadrants are observed
     num_clusters: int = 10  # vade: mixture components of the prior
+    flow: str = "none"  # posterior flow on the Gaussian q(z|x): none | planar | iaf (textvae/core/flows.py)
+    flow_layers: int = 2  # flow layers when model.flow is not none
+    flow_hidden: int = 64  # IAF: width of each layer's masked (MADE) hidden layer
     init: str = "default"  # image MLPs: default (torch's) | xavier (Glorot uniform weights, zero biases, as Keras)
     pretrain_loss: str = "likelihood"  # image models, objective.pretrain_steps: likelihood (the model's own) | mse
     # (squared error of the decoder's output layer, as DEC's autoencoder; a code that clusters better for VaDE)
@@ -133,6 +136,7 @@ _CHOICES = {
     ("model", "activation"): ("tanh", "relu"),
     ("model", "condition"): ("label", "quadrants"),
     ("model", "init"): ("default", "xavier"),
+    ("model", "flow"): ("none", "planar", "iaf"),
     ("model", "pretrain_loss"): ("likelihood", "mse"),
     ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
     ("objective", "free_bits_mode"): ("dim", "vector"),
@@ -154,6 +158,8 @@ _POSITIVE = {
     ("objective", "aggressive_max_inner"),
     ("objective", "aggressive_window"),
     ("model", "num_clusters"),
+    ("model", "flow_layers"),
+    ("model", "flow_hidden"),
     ("optim", "lr"),
     ("train", "max_steps"),
     ("train", "batch_size"),
@@ -245,6 +251,11 @@ def validate(config: Config) -> Config:
             raise UserError(f"config key objective.{key}: {model.name} has no latent code")
     if objective.bow_weight and model.name in IMAGE_MODELS:
         raise UserError("config key objective.bow_weight: the bag-of-words loss is for text models")
+    if model.flow != "none" and model.name.endswith("_lm"):
+        raise UserError(f"config key model.flow: {model.name} has no latent code")
+    if model.flow != "none" and objective.free_bits > 0:
+        raise UserError("config key objective.free_bits: free bits need a per-dimension KL, which a flow posterior "
+                        "does not have (set objective.free_bits=0)")  # fmt: skip
     if model.pretrain_loss != "likelihood" and model.name not in IMAGE_MODELS:
         raise UserError("config key model.pretrain_loss: mse is for image models")
     if model.name in IMAGE_MODELS:

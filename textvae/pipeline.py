@@ -17,6 +17,7 @@ from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint
 from textvae.core.evaluation import evaluate
+from textvae.core.gaps import inference_gaps
 from textvae.core.remedies import reset_decoder
 from textvae.core.trainer import Trainer, resolve_device
 from textvae.data.batching import TextSplit
@@ -198,15 +199,18 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
     return TextRun(config, tokenizer, model, {}, device, state["position"]["step"])
 
 
-def evaluate_run(run_dir: Path, split: str, iw_samples: int, precision: str = "fp32") -> dict[str, Any]:
-    """Evaluate a trained run on a split of its corpus with K importance samples."""
+def evaluate_run(
+    run_dir: Path, split: str, iw_samples: int, precision: str = "fp32", gaps: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Evaluate a trained run on a split of its corpus with K importance samples; with `gaps` (options of
+    core.gaps.inference_gaps: svi_steps, svi_lr, elbo_samples) also the inference-gap report."""
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
         config = config_lib.load(config_file)
         if config.model.name in config_lib.IMAGE_MODELS:
             from image_baselines.run import evaluate_image_run
 
-            return evaluate_image_run(run_dir, config, split, iw_samples, precision)
+            return evaluate_image_run(run_dir, config, split, iw_samples, precision, gaps)
     run = load_run(run_dir)
     corpus = load_corpus(run.config.data.corpus, run.config.data.holdout)
     if split not in corpus.splits:
@@ -216,4 +220,6 @@ def evaluate_run(run_dir: Path, split: str, iw_samples: int, precision: str = "f
     metrics = evaluate(run.model, batches, iw_samples, run.device, precision, ppl_unit=ppl_unit(run.tokenizer))
     metrics["split"] = split
     metrics["checkpoint_step"] = run.step
+    if gaps is not None and run.model.latent_dim:
+        metrics["gaps"] = inference_gaps(run.model, batches, run.device, -metrics["nll"], **gaps)
     return metrics

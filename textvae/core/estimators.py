@@ -7,23 +7,33 @@ import math
 import torch
 from torch import Tensor
 
+from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import log_normal, reparameterize
-from textvae.core.objective import LatentModel, log_prior_ratio
+from textvae.core.objective import LatentModel, log_prior, log_prior_ratio
 
 
 def iw_log_weights(model: LatentModel, batch, mu: Tensor, logvar: Tensor, num_samples: int, chunk: int) -> Tensor:
     """log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x), and log p(x|z_k).
 
     mu, logvar: [B, D] (one encoder pass, reused by every sample); samples are drawn `chunk` at a
-    time to bound memory. Returns two tensors [B, K]: the log importance weights and log p(x|z_k).
+    time to bound memory. q is the model's flow posterior when it has one (core/flows.py).
+    Returns three tensors [B, K]: the log importance weights, log p(x|z_k) and log p(z_k) - log q(z_k|x).
     """
-    weights, likelihoods = [], []
+    weights, likelihoods, ratios = [], [], []
+    flow = getattr(model, "posterior_flow", None)
     for start in range(0, num_samples, chunk):
-        z = reparameterize(mu, logvar, min(chunk, num_samples - start))  # [B, k, D]
+        k = min(chunk, num_samples - start)
+        if flow is None:
+            z = reparameterize(mu, logvar, k)  # [B, k, D]
+            log_ratio = log_prior_ratio(model, batch, z, mu, logvar)
+        else:
+            z, log_q = sample_posterior(model, mu, logvar, k)
+            log_ratio = log_prior(model, batch, z) - log_q
         log_px_z = model.log_likelihood(batch, z).float()  # [B, k]
-        weights.append(log_px_z + log_prior_ratio(model, batch, z, mu, logvar))
+        weights.append(log_px_z + log_ratio)
         likelihoods.append(log_px_z)
-    return torch.cat(weights, 1), torch.cat(likelihoods, 1)
+        ratios.append(log_ratio)
+    return torch.cat(weights, 1), torch.cat(likelihoods, 1), torch.cat(ratios, 1)
 
 
 def iw_log_likelihood(log_weights: Tensor) -> Tensor:

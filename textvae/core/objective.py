@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import kl_standard_normal, log_normal, log_standard_normal, reparameterize
 
 
@@ -95,6 +96,8 @@ def elbo(
     -log (1/k) sum_i p(x|z_i) p(z_i)^w / q(z_i|x)^w with w the KL weight, differentiated through the
     log-sum-exp (the normalized weights are not detached). Free bits do not apply to it.
     `rec` is then averaged over the k samples; `kl` stays the analytic KL of the posterior.
+    With a `posterior_flow` on the model (core/flows.py) z is the flow's output and the KL is the
+    Monte-Carlo estimate log q(z|x) - log p(z), averaged over the k draws.
     `sample=False` decodes z = mu (a deterministic autoencoder, for pretraining).
     `bow_weight` > 0 adds that weight times the bag-of-words loss of the model's `bag_of_words` head
     (Zhao et al. 2017) at the first sample of z; it is not part of the bound and does not reach the decoder.
@@ -104,15 +107,24 @@ def elbo(
         zeros = rec.new_zeros(rec.shape[0], 0)
         return ElboTerms(loss=rec.mean(), rec=rec, kl=rec.new_zeros(rec.shape), kl_per_dim=zeros, mu=None)
     mu, logvar = model.encode(batch)
-    z = reparameterize(mu, logvar, iw_samples) if sample else mu.unsqueeze(1)  # [B, k, D]
+    flow = getattr(model, "posterior_flow", None) if sample else None
+    if flow is not None:
+        z, log_q = sample_posterior(model, mu, logvar, iw_samples)  # [B, k, D], [B, k]
+    else:
+        z = reparameterize(mu, logvar, iw_samples) if sample else mu.unsqueeze(1)  # [B, k, D]
     likelihood = model.log_likelihood
     if not sample:  # autoencoder pretraining: a model may reconstruct with another loss there
         likelihood = getattr(model, "autoencoder_log_likelihood", likelihood)
     log_px_z = likelihood(batch, z).float()  # [B, k]
-    kl_per_dim = kl_divergence(model, batch, mu, logvar, z[:, :1])
+    if flow is not None:  # no closed form: the KL is log q(z|x) - log p(z) at the draws, spread evenly over D
+        log_ratio = log_prior(model, batch, z) - log_q  # [B, k]
+        kl_per_dim = (-log_ratio.mean(1) / mu.shape[-1]).unsqueeze(-1).expand(-1, mu.shape[-1])
+    else:
+        kl_per_dim = kl_divergence(model, batch, mu, logvar, z[:, :1])
     rec = -log_px_z.mean(1)
     if iw_samples > 1 and sample:
-        log_ratio = log_prior_ratio(model, batch, z, mu, logvar)
+        if flow is None:
+            log_ratio = log_prior_ratio(model, batch, z, mu, logvar)
         bound = torch.logsumexp(log_px_z + kl_weight * log_ratio, dim=1) - math.log(iw_samples)
         loss = -bound.mean()
     else:

@@ -89,8 +89,8 @@ class Trainer:
     `report_text(model)`, when given, returns {tag: text} logged to TensorBoard at each evaluation;
     `report_images(model)` returns {tag: image [3, H, W] in [0, 1]}, logged too.
     With objective.pretrain_steps P > 0 the first P steps train a deterministic autoencoder (z = mu, no KL);
-    then `end_pretraining(model)` runs once (a GMM fit, a decoder reset), the optimizer state and the best
-    objective are cleared, and the KL schedule starts counting from step P.
+    then `end_pretraining(model)` runs once (a GMM fit, a decoder reset), the optimizer state, the learning
+    rate (back to optim.lr) and the best objective are reset, and the KL schedule starts counting from step P.
     The trainer never looks inside the model: it only calls the objective and the callbacks.
     """
 
@@ -392,6 +392,10 @@ class Trainer:
         if self.end_pretraining is not None:
             self.end_pretraining(self.model)
         self.optimizer.state.clear()
+        for group in self.optimizer.param_groups:  # the VaDE/VAE phase starts at optim.lr, whatever the AE phase did
+            group["lr"] = self.config.optim.lr
+        self.scheduler.best, self.scheduler.num_bad_epochs = self.scheduler.mode_worse, 0
+        self.scheduler.cooldown_counter = 0
         self.position.best, self.position.bad_evals = math.inf, 0
         self.save(self.last_path)  # a resumed run never runs the hook twice
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from textvae.config import ModelConfig
+from textvae.core.flows import attach_flow
 from textvae.data.tokenizer import Tokenizer
 from textvae.models.bow import BagOfWords
 from textvae.models.lstm_lm import LSTMLM
@@ -24,6 +25,7 @@ def build_text_model(config: ModelConfig, tokenizer: Tokenizer, bag_of_words: bo
     head of the bag-of-words loss (objective.bow_weight > 0) as `model.bag_of_words`."""
     cls = TEXT_MODELS[config.name]
     model = cls(len(tokenizer), config, tokenizer.pad_id, tokenizer.unk_id, tokenizer.special_ids)
+    attach_flow(model, config.flow, config.flow_layers, config.flow_hidden)
     if bag_of_words:
         model.bag_of_words = BagOfWords(config.latent_dim, config.hidden_size, len(tokenizer), tokenizer.special_ids)
     return model

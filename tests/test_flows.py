@@ -1,0 +1,160 @@
+"""Flow posteriors (planar, IAF), SVI refinement and the inference gaps."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from textvae import config as config_lib
+from textvae.cli import main
+from textvae.core.flows import Flow, IAFLayer, attach_flow
+from textvae.core.gaps import elbo_at, refine
+from textvae.core.gaussian import log_normal
+from textvae.errors import UserError
+
+
+@pytest.mark.parametrize("kind,layers", [("planar", 1), ("planar", 4), ("iaf", 1), ("iaf", 3)])
+def test_flow_log_determinant_matches_the_autograd_jacobian(kind, layers):
+    torch.manual_seed(0)
+    flow = Flow(kind, 4, layers, 16).double()
+    with torch.no_grad():  # move away from the near-identity initialization
+        for p in flow.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    for _ in range(3):
+        z = torch.randn(4, dtype=torch.float64)
+        jacobian = torch.autograd.functional.jacobian(lambda v: flow(v)[0], z)
+        _, log_det = flow(z)
+        assert log_det.item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-8)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_iaf_layer_is_autoregressive(reverse):
+    torch.manual_seed(0)
+    dim = 5
+    order = torch.arange(dim).flip(0) if reverse else torch.arange(dim)
+    layer = IAFLayer(dim, 12, order).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p))
+    jacobian = torch.autograd.functional.jacobian(lambda v: layer(v)[0], torch.randn(dim, dtype=torch.float64))
+    position = torch.empty(dim, dtype=torch.long)
+    position[order] = torch.arange(dim)
+    for i in range(dim):
+        for j in range(dim):
+            if position[j] > position[i]:  # output i never sees a later input
+                assert jacobian[i, j] == 0.0
+    assert (jacobian[order[1:], order[:-1]] != 0).all()  # and does see the one just before
+    assert (torch.diagonal(jacobian) > 0).all()
+
+
+class _Tiny(nn.Module):
+    """A small nonlinear VAE on 6-dimensional Gaussian data."""
+
+    latent_dim = 2
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(6, 4)
+        self.decoder = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 6))
+
+    def encode(self, batch):
+        mu, logvar = self.encoder(batch.x).chunk(2, -1)
+        return mu, logvar
+
+    def log_likelihood(self, batch, z):
+        return log_normal(batch.x.unsqueeze(1), self.decoder(z), torch.zeros(6))
+
+
+class _Batch:
+    def __init__(self, x):
+        self.x, self.size = x, x.shape[0]
+
+    def to(self, device):
+        return self
+
+
+def test_svi_refinement_never_lowers_the_per_example_elbo():
+    torch.manual_seed(0)
+    model = _Tiny().eval()
+    batch = _Batch(torch.randn(16, 6) * 2)
+    mu, logvar = model.encode(batch)
+    mu_star, logvar_star = refine(model, batch, mu, logvar, steps=300, lr=0.05)
+    with torch.no_grad():
+        before = elbo_at(model, batch, mu, logvar, 4000)
+        after = elbo_at(model, batch, mu_star, logvar_star, 4000)
+    assert (after >= before - 0.05).all(), after - before
+    assert (after - before).mean() > 1.0  # a random encoder leaves a lot to gain
+    assert all(p.grad is None for p in model.parameters())  # the model is not trained by it
+
+
+class _LinearGaussian(nn.Module):
+    """p(z) = N(0, I_2), p(x|z) = N(W z, s^2 I_3): the posterior is Gaussian with a full covariance, the same
+    for every x. An amortized linear encoder; the decoder is the true one and stays fixed."""
+
+    latent_dim = 2
+
+    def __init__(self, weight, noise):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.noise = noise
+        self.encoder = nn.Linear(3, 4)
+
+    def encode(self, batch):
+        mu, logvar = self.encoder(batch.x).chunk(2, -1)
+        return mu, logvar
+
+    def log_likelihood(self, batch, z):
+        return log_normal(batch.x.unsqueeze(1), z @ self.weight.T, torch.full((3,), 2 * math.log(self.noise)))
+
+
+def _gap_after_training(flow: str) -> float:
+    torch.manual_seed(0)
+    weight, noise = torch.tensor([[1.0, 0.9], [0.9, 1.0], [1.0, 1.0]]), 0.5
+    model = _LinearGaussian(weight, noise)
+    if flow != "none":
+        attach_flow(model, flow, 2, 16)
+    cov_x = weight @ weight.T + noise**2 * torch.eye(3)
+    x = torch.distributions.MultivariateNormal(torch.zeros(3), cov_x).sample((128,))
+    batch = _Batch(x)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(1200):
+        if step == 800:
+            for group in optimizer.param_groups:
+                group["lr"] = 0.002
+        optimizer.zero_grad()
+        (-elbo_at(model, batch, *model.encode(batch), 8).mean()).backward()
+        optimizer.step()
+    log_px = torch.distributions.MultivariateNormal(torch.zeros(3), cov_x).log_prob(x)
+    with torch.no_grad():
+        return float((log_px - elbo_at(model, batch, *model.encode(batch), 4000)).mean())
+
+
+def test_approximation_gap_vanishes_with_a_flow_on_a_linear_gaussian_model():
+    diagonal = _gap_after_training("none")
+    flow = _gap_after_training("iaf")
+    # Closed form: the best diagonal Gaussian for a posterior of precision P has variances 1/P_ii and misses
+    # KL = 0.5 (sum_i log P_ii - log det P) nats, the same for every x (an amortized encoder can reach it).
+    weight, noise = torch.tensor([[1.0, 0.9], [0.9, 1.0], [1.0, 1.0]]), 0.5
+    precision = torch.eye(2) + weight.T @ weight / noise**2
+    best_diagonal = 0.5 * (precision.diagonal().log().sum() - torch.logdet(precision))
+    assert diagonal == pytest.approx(float(best_diagonal), abs=0.06)  # 0.907 nats
+    assert flow < 0.05 and flow > -0.05
+
+
+def test_flow_runs_train_and_report_gaps(tiny_config_path, corpus_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    options = ["--set", f"data.corpus={corpus_dir}", "--set", "model.flow=iaf", "--set", "model.flow_layers=2",
+               "--set", "objective.free_bits=0", "--run-dir", str(run)]  # fmt: skip
+    assert main(["train", str(tiny_config_path), *options]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--iw-samples", "5", "--gaps", "--svi-steps", "5", "--elbo-samples", "4",
+                 "--json"]) == 0  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out)
+    gaps = metrics["gaps"]
+    assert metrics["kl_estimate"].startswith("monte-carlo")
+    assert gaps["approximation_gap"] == pytest.approx(gaps["log_px"] - gaps["elbo_refined"])
+    assert gaps["amortization_gap"] == pytest.approx(gaps["elbo_refined"] - gaps["elbo_amortized"])
+    with pytest.raises(UserError, match="free_bits"):
+        config_lib.load(tiny_config_path, ["model.flow=planar"])  # tiny.yaml has free bits on

@@ -1,0 +1,96 @@
+"""SVI refinement of the encoder's posterior and the inference gaps of Cremer et al. (2018).
+
+    log p(x) - ELBO(q_amortized) = [log p(x) - ELBO(q*)] + [ELBO(q*) - ELBO(q_amortized)]
+                                  = approximation gap     + amortization gap
+
+q* is approximated by stochastic variational inference started at the encoder's output: N Adam steps
+on the per-example ELBO with respect to (mu, log sigma^2) (as semi-amortized VAEs do, Kim et al. 2018);
+the decoder and any flow stay fixed, so q* is the best posterior of the same family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from textvae.core.flows import sample_posterior
+from textvae.core.gaussian import bound_logvar, reparameterize
+from textvae.core.objective import LatentModel, kl_divergence, log_prior
+
+
+def elbo_at(model: LatentModel, batch: Any, mu: Tensor, logvar: Tensor, samples: int) -> Tensor:
+    """The per-example ELBO of the posterior (mu, logvar) (through the model's flow, if any), estimated
+    with `samples` draws; the KL is analytic where the model's family has it. -> [B]."""
+    if getattr(model, "posterior_flow", None) is not None:
+        z, log_q = sample_posterior(model, mu, logvar, samples)
+        return (model.log_likelihood(batch, z).float() + log_prior(model, batch, z) - log_q).mean(1)
+    z = reparameterize(mu, logvar, samples)
+    kl = kl_divergence(model, batch, mu, logvar, z[:, :1]).sum(-1)
+    return model.log_likelihood(batch, z).float().mean(1) - kl
+
+
+def refine(
+    model: LatentModel, batch: Any, mu: Tensor, logvar: Tensor, steps: int, lr: float = 0.05, samples: int = 1
+) -> tuple[Tensor, Tensor]:
+    """SVI from the encoder's (mu, logvar): `steps` Adam steps on the summed per-example ELBO (examples do not
+    interact, so each gets its own ascent). Model parameters receive no gradient. -> refined mu, logvar."""
+    mu = mu.detach().float().clone().requires_grad_(True)
+    logvar = logvar.detach().float().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([mu, logvar], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = -elbo_at(model, batch, mu, bound_logvar(logvar), samples).sum()
+            mu.grad, logvar.grad = torch.autograd.grad(loss, [mu, logvar])
+            optimizer.step()
+    return mu.detach(), bound_logvar(logvar.detach())
+
+
+def inference_gaps(
+    model: LatentModel,
+    batches: Iterable[Any],
+    device: torch.device,
+    log_px: float,
+    svi_steps: int = 50,
+    svi_lr: float = 0.05,
+    elbo_samples: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The gap report over all `batches`, per example (nats), given the split's IW estimate of log p(x)."""
+    was_training = model.training
+    model.eval()
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():  # nothing here trains the model
+        p.requires_grad_(False)
+    amortized = refined = 0.0
+    examples = 0
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for batch in tqdm(batches, desc="gaps (SVI)", unit="batch", leave=False, disable=None):
+                batch = batch.to(device)
+                with torch.no_grad():
+                    mu, logvar = model.encode(batch)
+                    amortized += float(elbo_at(model, batch, mu, logvar, elbo_samples).sum())
+                mu_star, logvar_star = refine(model, batch, mu, logvar, svi_steps, svi_lr)
+                with torch.no_grad():
+                    refined += float(elbo_at(model, batch, mu_star, logvar_star, elbo_samples).sum())
+                examples += batch.size
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    amortized, refined = amortized / max(1, examples), refined / max(1, examples)
+    return {
+        "log_px": log_px,
+        "elbo_amortized": amortized,
+        "elbo_refined": refined,
+        "approximation_gap": log_px - refined,
+        "amortization_gap": refined - amortized,
+        "svi_steps": svi_steps,
+        "svi_lr": svi_lr,
+        "elbo_samples": elbo_samples,
+    }
