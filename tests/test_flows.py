@@ -156,5 +156,6 @@ def test_flow_runs_train_and_report_gaps(tiny_config_path, corpus_dir, tmp_path,
     assert metrics["kl_estimate"].startswith("monte-carlo")
     assert gaps["approximation_gap"] == pytest.approx(gaps["log_px"] - gaps["elbo_refined"])
     assert gaps["amortization_gap"] == pytest.approx(gaps["elbo_refined"] - gaps["elbo_amortized"])
-    with pytest.raises(UserError, match="free_bits"):
-        config_lib.load(tiny_config_path, ["model.flow=planar"])  # tiny.yaml has free bits on
+    with pytest.raises(UserError, match="free_bits_mode"):
+        config_lib.load(tiny_config_path, ["model.flow=planar"])  # tiny.yaml has free bits per dimension
+    config_lib.load(tiny_config_path, ["model.flow=planar", "objective.free_bits_mode=vector"])  # a target KL is fine

@@ -253,9 +253,9 @@ def validate(config: Config) -> Config:
         raise UserError("config key objective.bow_weight: the bag-of-words loss is for text models")
     if model.flow != "none" and model.name.endswith("_lm"):
         raise UserError(f"config key model.flow: {model.name} has no latent code")
-    if model.flow != "none" and objective.free_bits > 0:
-        raise UserError("config key objective.free_bits: free bits need a per-dimension KL, which a flow posterior "
-                        "does not have (set objective.free_bits=0)")  # fmt: skip
+    if model.flow != "none" and objective.free_bits > 0 and objective.free_bits_mode == "dim":
+        raise UserError("config key objective.free_bits_mode: free bits per dimension need a per-dimension KL, "
+                        "which a flow posterior does not have (use free_bits_mode=vector, a target KL)")  # fmt: skip
     if model.pretrain_loss != "likelihood" and model.name not in IMAGE_MODELS:
         raise UserError("config key model.pretrain_loss: mse is for image models")
     if model.name in IMAGE_MODELS:
