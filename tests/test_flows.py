@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from textvae import config as config_lib
+from textvae.api import load
 from textvae.cli import main
 from textvae.core.flows import Flow, IAFLayer, attach_flow
 from textvae.core.gaps import elbo_at, refine
@@ -156,6 +157,10 @@ def test_flow_runs_train_and_report_gaps(tiny_config_path, corpus_dir, tmp_path,
     assert metrics["kl_estimate"].startswith("monte-carlo")
     assert gaps["approximation_gap"] == pytest.approx(gaps["log_px"] - gaps["elbo_refined"])
     assert gaps["amortization_gap"] == pytest.approx(gaps["elbo_refined"] - gaps["elbo_amortized"])
+    model = load(run)
+    z = model.sample_z(["cat w1 w2 cat", "dog w3 dog"], 3)
+    assert z.shape == (2, 3, 4) and torch.isfinite(z).all()
+    assert len(model.decode(z[:, 0])) == 2
     with pytest.raises(UserError, match="free_bits_mode"):
         config_lib.load(tiny_config_path, ["model.flow=planar"])  # tiny.yaml has free bits per dimension
     config_lib.load(tiny_config_path, ["model.flow=planar", "objective.free_bits_mode=vector"])  # a target KL is fine

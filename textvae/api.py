@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from textvae.core.flows import sample_posterior
 from textvae.data.batching import TextSplit
 from textvae.errors import UserError
 from textvae.generate import Decoding, decode, dedupe_consecutive, interpolation_path
@@ -42,11 +43,21 @@ class SentenceVAE:
 
     @torch.no_grad()
     def encode(self, sentences: list[str]) -> tuple[Tensor, Tensor]:
-        """Posterior parameters of each sentence. -> mu, logvar: [N, D]."""
+        """Posterior parameters of each sentence. -> mu, logvar: [N, D]. With a flow posterior (model.flow)
+        these are the base Gaussian's; the code decoded from is the flow's image of a draw (see `sample_z`)."""
         self._require_latent()
         if isinstance(sentences, str):
             sentences = [sentences]
         return self.model.encode(self._batch(sentences))
+
+    @torch.no_grad()
+    def sample_z(self, sentences: list[str], num_samples: int = 1) -> Tensor:
+        """Draws from q(z|x) for each sentence, through the flow when there is one. -> [N, num_samples, D]."""
+        self._require_latent()
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        mu, logvar = self.model.encode(self._batch(sentences))
+        return sample_posterior(self.model, mu, logvar, num_samples)[0]
 
     def decode(self, z: Tensor | None, seed: int | None = 0, num: int | None = None, **options) -> list[str]:
         """Sentences for each row of z ([N, D]); `num` sentences from a language model (z None)."""
