@@ -114,6 +114,14 @@ class ImageVAE(nn.Module):
     def log_likelihood(self, batch: ImageBatch, z: Tensor) -> Tensor:
         return bernoulli_log_prob(self.decode_logits(z, self.condition(batch)), batch.x.unsqueeze(1))
 
+    @torch.no_grad()
+    def output_to_logits(self, scale: float = 10.0) -> None:
+        """After squared-error pretraining the output layer predicts grey levels in [0, 1]; turn them into
+        Bernoulli logits scale * (level - 1/2) (a grey level 0 -> p = 0.007, 1 -> p = 0.993), so the VAE phase
+        starts from a decoder that already reconstructs instead of one whose every pixel reads p >= 0.5."""
+        self.output.weight.mul_(scale)
+        self.output.bias.sub_(0.5).mul_(scale)
+
     def autoencoder_log_likelihood(self, batch: ImageBatch, z: Tensor) -> Tensor:
         """The pretraining phase's reconstruction term: with model.pretrain_loss mse, -1/2 the squared error
         between the decoder's output layer (linear, before the sigmoid) and the image, as DEC's autoencoder."""

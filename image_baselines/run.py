@@ -92,11 +92,14 @@ def image_report(split: ImageSplit, run_dir: Path, device: torch.device, seed: i
 
 def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device, seed: int):
     """VaDE's end of pretraining: fit a diagonal GMM (scikit-learn) on the training posterior means and
-    copy its weights, means and variances into the prior."""
+    copy its weights, means and variances into the prior (after squared-error pretraining, the output
+    layer's grey levels become logits first: ImageVAE.output_to_logits)."""
 
     def init(model: nn.Module) -> None:
         from sklearn.mixture import GaussianMixture
 
+        if model.pretrain_mse:
+            model.output_to_logits()
         was_training = model.training
         model.eval()
         with torch.no_grad():

@@ -256,8 +256,8 @@ def validate(config: Config) -> Config:
     if model.flow != "none" and objective.free_bits > 0 and objective.free_bits_mode == "dim":
         raise UserError("config key objective.free_bits_mode: free bits per dimension need a per-dimension KL, "
                         "which a flow posterior does not have (use free_bits_mode=vector, a target KL)")  # fmt: skip
-    if model.pretrain_loss != "likelihood" and model.name not in IMAGE_MODELS:
-        raise UserError("config key model.pretrain_loss: mse is for image models")
+    if model.pretrain_loss != "likelihood" and (model.name not in IMAGE_MODELS or model.architecture != "mlp"):
+        raise UserError("config key model.pretrain_loss: mse is for the image MLPs")
     if model.name in IMAGE_MODELS:
         if model.quadrants_given not in (1, 2, 3):
             raise UserError(f"config key model.quadrants_given: must be 1, 2 or 3, got {model.quadrants_given}")
