@@ -273,5 +273,7 @@ def test_xavier_init_and_squared_error_pretraining():
         model.posterior.bias[3:] = -30.0  # q(z|x) a point mass: a sample is mu
     bce = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.x, reduction="none").sum(-1)
     assert torch.allclose(elbo(model, batch, kl_weight=0.0).rec, bce, atol=1e-3)  # VaDE phase: Bernoulli again
+    model.output_to_logits()  # grey levels g become logits 10 (g - 1/2)
+    assert torch.allclose(model.decode_logits(mu.unsqueeze(1), None)[:, 0], 10 * (out - 0.5), atol=1e-4)
     with pytest.raises(UserError, match="pretrain_loss"):
         config_lib.from_dict({"model": {"name": "lstm_vae", "pretrain_loss": "mse"}})
