@@ -1,13 +1,15 @@
-"""Reproduce the posterior-collapse comparison on PTB: one model, data, step budget and evaluation for all.
+"""Reproduce a comparison table: one model, data, step budget and evaluation for every run of a suite.
 
-    python scripts/reproduce.py                      # the full suite: train, evaluate (IW-500), table, plot
+    python scripts/reproduce.py                      # suite ptb: the posterior-collapse remedies on PTB
+    python scripts/reproduce.py --suite ptb_gaps     # Gaussian / IAF / IWAE posteriors and the inference gaps
+    python scripts/reproduce.py --suite mnist_gaps   # the same on MNIST with the image VAE
     python scripts/reproduce.py --steps 600 --iw-samples 50 --out results/quick.md   # a quick look
     python scripts/reproduce.py --jobs 2 --threads 1 # two runs at a time, one thread each
 
-Every run lives in RUNS_DIR/NAME and resumes like any `textvae train` run; a run's test evaluation is
-kept in RUNS_DIR/NAME/test_iw{K}.json. Running the command again continues a half-finished suite:
-finished trainings and evaluations are not repeated. The table goes to --out (results/ptb.md), the KL and
-reconstruction curves of all runs to the PNG next to it.
+Every run lives in RUNS_DIR/NAME (default runs/reproduce/SUITE/NAME) and resumes like any `textvae train`
+run; its test evaluation is kept in RUNS_DIR/NAME/test_iw{K}.json. Running the command again continues a
+half-finished suite: finished trainings and evaluations are not repeated. The table goes to --out
+(results/SUITE.md), the KL and reconstruction curves of all runs to the PNG next to it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from textvae import config as config_lib  # noqa: E402
 from textvae.errors import TrainingStopped, UserError  # noqa: E402
 
 log = logging.getLogger("reproduce")
+GAP_OPTIONS = {"svi_steps": 50, "svi_lr": 0.05, "elbo_samples": 20}  # textvae evaluate --gaps defaults
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Entry:
     name: str
     label: str
     overrides: Callable[[int], list[str]]  # step budget -> --set overrides
+    budget: float = 1.0  # share of the suite's step budget (IWAE: k decoder passes per step)
 
 
 def _vae(schedule: str, steps: int, free_bits: float = 0.0, weight: float = 1.0, *extra: str) -> list[str]:
@@ -55,30 +59,70 @@ def _vae(schedule: str, steps: int, free_bits: float = 0.0, weight: float = 1.0,
     ]
 
 
-# The suite: the LSTM LM, the plain VAE, and one remedy (or a common combination) per row.
-SUITES: dict[str, list[Entry]] = {
-    "ptb": [
-        Entry("lm", "LSTM LM", lambda s: ["model.name=lstm_lm"]),
-        Entry("vae", "VAE (no remedy)", lambda s: _vae("constant", s)),
-        Entry("anneal", "VAE + linear KL annealing", lambda s: _vae("linear", s)),
-        Entry("anneal_wd", "+ word dropout 0.25", lambda s: [*_vae("linear", s), "model.word_dropout=0.25"]),
-        Entry("anneal_fb", "+ free bits 0.15/dim", lambda s: _vae("linear", s, 0.15)),
-        Entry("cyclical", "cyclical annealing (M=4, R=0.5)",
-              lambda s: _vae("cyclical", s, 0.0, 1.0, "objective.cycles=4", "objective.cycle_ratio=0.5")),
-        Entry("beta04", "β = 0.4 (constant)", lambda s: _vae("constant", s, 0.0, 0.4)),
-        Entry("aggressive", "aggressive encoder + annealing",  # smaller inner loops than He et al.: CPU budget
-              lambda s: [*_vae("linear", s), "objective.aggressive=true", "objective.aggressive_window=5",
-                         "objective.aggressive_max_inner=20"]),
-        Entry("pretrain_fb", "AE pretraining, decoder reset, + free bits",
-              lambda s: [*_vae("linear", s, 0.15), f"objective.pretrain_steps={max(1, s // 6)}",
-                         "objective.reset_decoder=true"]),
-        Entry("bow", "bag-of-words loss + annealing", lambda s: [*_vae("linear", s), "objective.bow_weight=1.0"]),
-    ],
+@dataclass(frozen=True)
+class Suite:
+    title: str
+    config: str  # the base config, relative to the repository
+    steps: int  # the default step budget of every run
+    iw_samples: int
+    entries: list[Entry]
+    gaps: bool = False  # also evaluate with the inference-gap report (SVI refinement)
+    text: bool = True
+
+
+# The remedies: the LSTM LM, the plain VAE, and one remedy (or a common combination) per row.
+REMEDIES = [
+    Entry("lm", "LSTM LM", lambda s: ["model.name=lstm_lm"]),
+    Entry("vae", "VAE (no remedy)", lambda s: _vae("constant", s)),
+    Entry("anneal", "VAE + linear KL annealing", lambda s: _vae("linear", s)),
+    Entry("anneal_wd", "+ word dropout 0.25", lambda s: [*_vae("linear", s), "model.word_dropout=0.25"]),
+    Entry("anneal_fb", "+ free bits 0.15/dim", lambda s: _vae("linear", s, 0.15)),
+    Entry("cyclical", "cyclical annealing (M=4, R=0.5)",
+          lambda s: _vae("cyclical", s, 0.0, 1.0, "objective.cycles=4", "objective.cycle_ratio=0.5")),
+    Entry("beta04", "β = 0.4 (constant)", lambda s: _vae("constant", s, 0.0, 0.4)),
+    Entry("aggressive", "aggressive encoder + annealing",  # smaller inner loops than He et al.: CPU budget
+          lambda s: [*_vae("linear", s), "objective.aggressive=true", "objective.aggressive_window=5",
+                     "objective.aggressive_max_inner=20"]),
+    Entry("pretrain_fb", "AE pretraining, decoder reset, + free bits",
+          lambda s: [*_vae("linear", s, 0.15), f"objective.pretrain_steps={max(1, s // 6)}",
+                     "objective.reset_decoder=true"]),
+    Entry("bow", "bag-of-words loss + annealing", lambda s: [*_vae("linear", s), "objective.bow_weight=1.0"]),
+]  # fmt: skip
+
+
+def _posterior(flow: str, layers: int, *extra: str) -> list[str]:
+    return [f"model.flow={flow}", f"model.flow_layers={max(1, layers)}", *extra]
+
+
+# Richer posteriors (issue: flows and the inference gap): a target KL of 5 nats keeps the text code alive
+# for the Gaussian and flow rows alike (free bits per dimension need an analytic KL); IWAE has none.
+PTB_TARGET_KL = ["objective.free_bits=5.0", "objective.free_bits_mode=vector"]
+POSTERIORS = [
+    Entry("gaussian", "Gaussian", lambda s: _posterior("none", 1, *PTB_TARGET_KL)),
+    Entry("iaf2", "Gaussian + 2 IAF", lambda s: _posterior("iaf", 2, *PTB_TARGET_KL)),
+    Entry("iaf8", "Gaussian + 8 IAF", lambda s: _posterior("iaf", 8, *PTB_TARGET_KL)),
+    Entry("iwae10", "IWAE k=10 (Gaussian)", lambda s: _posterior("none", 1, "objective.iw_samples=10",
+                                                                 "objective.free_bits=0"), budget=0.2),
+]  # fmt: skip
+IMAGE_POSTERIORS = [
+    Entry("gaussian", "Gaussian", lambda s: _posterior("none", 1)),
+    Entry("iaf2", "Gaussian + 2 IAF", lambda s: _posterior("iaf", 2)),
+    Entry("iaf8", "Gaussian + 8 IAF", lambda s: _posterior("iaf", 8)),
+    Entry("iwae10", "IWAE k=10 (Gaussian)", lambda s: _posterior("none", 1, "objective.iw_samples=10"), budget=0.25),
+]
+
+SUITES: dict[str, Suite] = {
+    "ptb": Suite("PTB: posterior-collapse remedies", "configs/text/ptb_lstm_vae.yaml", 6000, 500, REMEDIES),
+    "ptb_gaps": Suite("PTB: richer posteriors and the inference gaps", "configs/text/ptb_lstm_vae.yaml", 6000, 500,
+                      POSTERIORS, gaps=True),
+    "mnist_gaps": Suite("MNIST: richer posteriors and the inference gaps", "configs/image/vae_mnist.yaml", 100000,
+                        5000, IMAGE_POSTERIORS, gaps=True, text=False),
 }  # fmt: skip
 
 
 def run_config(base: Path, entry: Entry, steps: int, extra: list[str]) -> list[str]:
     """All overrides of one run: the entry's, the shared budget, then the user's."""
+    steps = max(1, round(steps * entry.budget))
     budget = [f"train.max_steps={steps}", f"train.eval_every={max(1, steps // 4)}", "train.early_stopping=0"]
     overrides = [*entry.overrides(steps), *budget, *extra]
     config_lib.load(base, overrides)  # fail early, with the config's own one-line error
@@ -86,7 +130,7 @@ def run_config(base: Path, entry: Entry, steps: int, extra: list[str]) -> list[s
 
 
 def train_and_evaluate(base: Path, entry: Entry, run_dir: Path, overrides: list[str], iw_samples: int,
-                       precision: str) -> dict:  # fmt: skip
+                       precision: str, gaps: bool = False) -> dict:  # fmt: skip
     """Train (or resume) one run, then evaluate it on test once; return the stored result."""
     from textvae.pipeline import evaluate_run, train
 
@@ -109,7 +153,7 @@ def train_and_evaluate(base: Path, entry: Entry, run_dir: Path, overrides: list[
         timing_path.write_text(json.dumps(timing), encoding="utf-8")
     log.info("%s: evaluating on test with %d importance samples", entry.name, iw_samples)
     start = time.perf_counter()
-    metrics = evaluate_run(run_dir, "test", iw_samples, precision)
+    metrics = evaluate_run(run_dir, "test", iw_samples, precision, GAP_OPTIONS if gaps else None)
     metrics["eval_s"] = time.perf_counter() - start
     metrics["train_s"] = timing["train_s"]
     metrics["tokens_per_s"] = training_tokens_per_s(run_dir)
@@ -143,57 +187,65 @@ def curves(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def plot(suite: list[Entry], runs_dir: Path, path: Path) -> None:
+def plot(suite: Suite, runs_dir: Path, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (kl_axis, rec_axis) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for entry in suite:
+    for entry in suite.entries:
         data = curves(runs_dir / entry.name)
         if data["step"]:
             kl_axis.plot(data["step"], data["kl"], label=entry.label)
             rec_axis.plot(data["step"], data["rec"], label=entry.label)
-    kl_axis.set(title="validation KL (nats per sentence)", xlabel="step")
-    rec_axis.set(title="validation reconstruction -log p(x|z) (nats per sentence)", xlabel="step")
+    unit = "sentence" if suite.text else "image"
+    kl_axis.set(title=f"validation KL (nats per {unit})", xlabel="step")
+    rec_axis.set(title=f"validation reconstruction -log p(x|z) (nats per {unit})", xlabel="step")
     kl_axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def table(suite: list[Entry], runs_dir: Path, iw_samples: int, steps: int, command: str) -> str:
+def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: str) -> str:
+    gap_columns = " approximation gap | amortization gap |" if suite.gaps else ""
     rows = [
-        f"Produced by `{command}`: every run {steps:,} steps of the same data and model, best checkpoint by "
-        f"validation nelbo, evaluated on the test split with {iw_samples} importance samples.",
+        f"Produced by `{command}`: every run {steps:,} steps (unless its row says otherwise) of the same data and "
+        f"model, best checkpoint by validation nelbo, evaluated on the test split with {iw_samples} importance "
+        "samples" + (f" and the gap report of `textvae evaluate --gaps` ({GAP_OPTIONS})." if suite.gaps else "."),
         "",
-        "| run | nll | ppl | nelbo | kl | mi | au | train time | tokens/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| run | steps | nll | ppl | nelbo | kl | mi | au |{gap_columns} train time | tokens/s |",
+        "|---|---|---|---|---|---|---|---|" + "---|---|" * suite.gaps + "---|---|",
     ]
-    for entry in suite:
+    for entry in suite.entries:
         path = runs_dir / entry.name / f"test_iw{iw_samples}.json"
+        run_steps = max(1, round(steps * entry.budget))
         if not path.is_file():
-            rows.append(f"| {entry.label} | (pending) | | | | | | | |")
+            rows.append(f"| {entry.label} | {run_steps:,} | (pending) |" + " |" * (8 + 2 * suite.gaps))
             continue
         m = json.loads(path.read_text(encoding="utf-8"))
+        ppl = f"{m['ppl']:.1f}" if "ppl" in m else "–"
+        gaps = ""
+        if suite.gaps:
+            gaps = f" {m['gaps']['approximation_gap']:.2f} | {m['gaps']['amortization_gap']:.2f} |"
         rows.append(
-            f"| {entry.label} | {m['nll']:.2f} | {m['ppl']:.1f} | {m['nelbo']:.2f} | {m['kl']:.2f} | {m['mi']:.2f} "
-            f"| {m['au']} | {m['train_s'] / 60:.0f} min | {m['tokens_per_s']:,.0f} |"
+            f"| {entry.label} | {run_steps:,} | {m['nll']:.2f} | {ppl} | {m['nelbo']:.2f} | {m['kl']:.2f} "
+            f"| {m['mi']:.2f} | {m['au']} |{gaps} {m['train_s'] / 60:.0f} min | {m['tokens_per_s']:,.0f} |"
         )
-    rows += ["", "nll, nelbo, kl, mi in nats per sentence; ppl per word; au = active units (of the latent size)."]
+    unit = "sentence; ppl per word" if suite.text else "image; tokens/s counts images"
+    rows += ["", f"nll, nelbo, kl, mi and the gaps in nats per {unit}; au = active units (of the latent size)."]
     return "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", default="ptb", choices=sorted(SUITES))
-    parser.add_argument("--config", type=Path, default=ROOT / "configs/text/ptb_lstm_vae.yaml",
-                        help="the base config every run starts from")  # fmt: skip
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/reproduce/ptb"))
-    parser.add_argument("--out", type=Path, default=Path("results/ptb.md"))
-    parser.add_argument("--steps", type=int, default=6000, help="the step budget of every run")
-    parser.add_argument("--iw-samples", type=int, default=500)
+    parser.add_argument("--config", type=Path, help="the base config every run starts from (default: the suite's)")
+    parser.add_argument("--runs-dir", type=Path, help="default: runs/reproduce/SUITE")
+    parser.add_argument("--out", type=Path, help="the table (default: results/SUITE.md; the plot next to it)")
+    parser.add_argument("--steps", type=int, help="the step budget of every run (default: the suite's)")
+    parser.add_argument("--iw-samples", type=int, help="importance samples on test (default: the suite's)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="of the evaluation")
     parser.add_argument("--only", default="", help="comma-separated run names (default: the whole suite)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each in its own process)")
@@ -204,15 +256,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     suite = SUITES[args.suite]
-    names = [n for n in args.only.split(",") if n] or [e.name for e in suite]
+    args.config = args.config or ROOT / suite.config
+    args.runs_dir = args.runs_dir or Path("runs/reproduce") / args.suite
+    args.out = args.out or Path("results") / f"{args.suite}.md"
+    args.steps = args.steps or suite.steps
+    args.iw_samples = args.iw_samples or suite.iw_samples
+    names = [n for n in args.only.split(",") if n] or [e.name for e in suite.entries]
     try:
-        unknown = sorted(set(names) - {e.name for e in suite})
+        unknown = sorted(set(names) - {e.name for e in suite.entries})
         if unknown:
             raise UserError(f"--only: unknown run(s) {', '.join(unknown)} (suite {args.suite}: "
-                            f"{', '.join(e.name for e in suite)})")  # fmt: skip
+                            f"{', '.join(e.name for e in suite.entries)})")  # fmt: skip
         if args.steps <= 0 or args.iw_samples <= 0 or args.jobs <= 0:
             raise UserError("--steps, --iw-samples and --jobs must be positive")
-        chosen = [e for e in suite if e.name in names]
+        chosen = [e for e in suite.entries if e.name in names]
         plans = {e.name: run_config(args.config, e, args.steps, args.overrides) for e in chosen}
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -220,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs == 1:
             for entry in chosen:
                 train_and_evaluate(args.config, entry, args.runs_dir / entry.name, plans[entry.name],
-                                   args.iw_samples, args.precision)  # fmt: skip
+                                   args.iw_samples, args.precision, suite.gaps)  # fmt: skip
         else:
             failed = run_in_parallel(chosen, args)
         if not args.no_report:
@@ -264,10 +321,10 @@ def run_in_parallel(chosen: list[Entry], args) -> list[str]:
     return failed
 
 
-def write_report(suite: list[Entry], args, argv: list[str] | None) -> None:
+def write_report(suite: Suite, args, argv: list[str] | None) -> None:
     command = "python scripts/reproduce.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(f"# {args.suite.upper()}: posterior-collapse remedies\n\n"
+    args.out.write_text(f"# {suite.title}\n\n"
                         + table(suite, args.runs_dir, args.iw_samples, args.steps, command)
                         + f"\n![KL and reconstruction]({args.out.with_suffix('.png').name})\n",
                         encoding="utf-8")  # fmt: skip

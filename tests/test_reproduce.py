@@ -24,7 +24,7 @@ def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_co
     argv = ["--config", str(tiny_config_path), "--runs-dir", str(runs), "--out", str(out), "--steps", "12",
             "--iw-samples", "2", "--set", f"data.corpus={corpus_dir}"]  # fmt: skip
     assert reproduce.main(argv) == 0
-    names = [entry.name for entry in reproduce.SUITES["ptb"]]
+    names = [entry.name for entry in reproduce.SUITES["ptb"].entries]
     assert len(names) >= 10
     text = out.read_text()
     assert "(pending)" not in text and text.count("\n| ") == len(names) + 1  # header + one row per run
@@ -49,3 +49,16 @@ def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_co
 def test_unknown_run_name_is_one_clear_error(reproduce, tiny_config_path, tmp_path, capsys):
     assert reproduce.main(["--config", str(tiny_config_path), "--only", "nope", "--runs-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().startswith("error: --only: unknown run(s) nope")
+
+
+def test_gap_suite_reports_both_gaps(reproduce, tiny_config_path, corpus_dir, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "gaps.md"
+    argv = ["--suite", "ptb_gaps", "--config", str(tiny_config_path), "--runs-dir", str(runs), "--out", str(out),
+            "--steps", "10", "--iw-samples", "2", "--set", f"data.corpus={corpus_dir}"]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    text = out.read_text()
+    assert "approximation gap" in text and "(pending)" not in text
+    iaf = json.loads((runs / "iaf8" / "test_iw2.json").read_text())
+    assert iaf["kl_estimate"].startswith("monte-carlo") and "amortization_gap" in iaf["gaps"]
+    assert "flow_layers: 8" in (runs / "iaf8" / "config.yaml").read_text()
+    assert "max_steps: 2" in (runs / "iwae10" / "config.yaml").read_text()  # a fifth of the budget: k=10 passes
