@@ -1,0 +1,134 @@
+"""Evaluation throughput of a config: importance-weighted NLL, real tokens x samples per second, and the share
+of this machine's matmul rate it reaches.
+
+    python scripts/bench_eval.py configs/text/ptb_lstm_vae.yaml [--run RUN_DIR] [--iw-samples 500]
+        [--sentences 200] [--token-budget 32768] [--precision fp32|bf16] [--set key=value ...] [--json]
+
+The model is the run's trained one with --run, else freshly initialized (throughput does not depend on the
+weights). Sentences are the first --sentences of the test split in evaluation order. Achieved GFLOP/s
+counts the matmul FLOPs of the forward passes (the encoder once per sentence, the decoder and output
+projection once per sample); the matmul rate is measured in the same run, precision and thread count.
+`peak_mem_mb` is the growth of the process's peak resident memory during the evaluation (CPU) or the
+peak allocated memory (CUDA): with the sample chunk bounded by --token-budget it must not grow with K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_train import matmul_gflops  # noqa: E402
+
+from textvae import config as config_lib  # noqa: E402
+from textvae.config import Config  # noqa: E402
+from textvae.core.evaluation import evaluate  # noqa: E402
+from textvae.core.trainer import resolve_device  # noqa: E402
+from textvae.data.batching import TextSplit  # noqa: E402
+from textvae.data.corpus import load_corpus  # noqa: E402
+from textvae.data.tokenizer import WordTokenizer  # noqa: E402
+from textvae.models import build_text_model  # noqa: E402
+from textvae.pipeline import load_run  # noqa: E402
+
+
+def eval_flops(config: Config, vocab: int, tokens: int, sentences: int, samples: int) -> float:
+    """Forward matmul FLOPs of an IW evaluation (2 per multiply-add)."""
+    m = config.model
+    latent = m.latent_dim if m.name.endswith("_vae") else 0
+    if m.name.startswith("transformer"):
+        width, ff, layers = m.embedding_dim, m.hidden_size, m.num_layers
+        length = tokens / max(1, sentences)
+        block = 2 * width * 3 * width + 2 * width * width + 2 * 2 * width * ff + 2 * 2 * length * width
+        decoder, encoder = layers * block + 2 * width * vocab, layers * block
+    else:
+        hidden, emb = m.hidden_size, m.embedding_dim
+
+        def lstm(inputs: int) -> float:
+            return 2 * 4 * hidden * (inputs + hidden) + (m.num_layers - 1) * 2 * 4 * hidden * (2 * hidden)
+
+        decoder = lstm(emb + latent) + 2 * hidden * vocab
+        encoder = (2 if m.bidirectional else 1) * lstm(emb)
+    if not latent:
+        return decoder * tokens
+    return decoder * tokens * samples + encoder * tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--run", type=Path, help="a trained run of this config (default: fresh weights)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--iw-samples", type=int, default=500)
+    parser.add_argument("--sentences", type=int, default=200, help="test sentences evaluated (0: all)")
+    parser.add_argument("--token-budget", type=int, default=32768, help="decoder tokens per sample chunk")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    config = config_lib.load(args.config, args.overrides)
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    corpus = load_corpus(config.data.corpus, config.data.holdout)
+    if args.run:
+        run = load_run(args.run)
+        model, tokenizer, device = run.model, run.tokenizer, run.device
+    else:
+        if config.data.tokenizer != "word":
+            print("error: fresh weights need a word tokenizer; pass --run RUN_DIR for this config", file=sys.stderr)
+            return 2
+        tokenizer = WordTokenizer.build(corpus.splits["train"], config.data)
+        device = resolve_device(config.train.device)
+        torch.manual_seed(config.train.seed)
+        model = build_text_model(config.model, tokenizer).to(device)
+    sentences = corpus.splits["test"][: args.sentences or None]
+    data = TextSplit(sentences, tokenizer, config.data.max_length)
+    batches = [data.collate(b) for b in data.ordered(config.train.eval_batch_size)]
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    metrics = evaluate(model, batches, args.iw_samples, device, args.precision, token_budget=args.token_budget)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    elapsed = time.perf_counter() - start
+    samples = args.iw_samples if model.latent_dim else 1
+    flops = eval_flops(config, len(tokenizer), metrics["tokens"], metrics["sentences"], samples)
+    achieved = flops / elapsed / 1e9
+    rate = matmul_gflops(args.precision)
+    result = {
+        "config": args.config,
+        "precision": args.precision,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "sentences": metrics["sentences"],
+        "iw_samples": samples,
+        "seconds": round(elapsed, 2),
+        "tokens_per_s": round(metrics["tokens"] * samples / elapsed, 1),  # real tokens x samples
+        "sentences_per_s": round(metrics["sentences"] / elapsed, 2),
+        "achieved_gflops": round(achieved, 2),
+        "matmul_gflops": round(rate, 2),
+        "ratio": round(achieved / rate, 4),
+        "peak_mem_mb": round(peak_mb, 1),
+        "nll": round(metrics["nll"], 4),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>16}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
