@@ -82,7 +82,7 @@ REMEDIES = [
     Entry("beta04", "β = 0.4 (constant)", lambda s: _vae("constant", s, 0.0, 0.4)),
     Entry("aggressive", "aggressive encoder + annealing",  # smaller inner loops than He et al.: CPU budget
           lambda s: [*_vae("linear", s), "objective.aggressive=true", "objective.aggressive_window=5",
-                     "objective.aggressive_max_inner=20"]),
+                     "objective.aggressive_max_inner=20", f"objective.aggressive_until={max(1, s // 6)}"]),
     Entry("pretrain_fb", "AE pretraining, decoder reset, + free bits",
           lambda s: [*_vae("linear", s, 0.15), f"objective.pretrain_steps={max(1, s // 6)}",
                      "objective.reset_decoder=true"]),

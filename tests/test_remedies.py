@@ -115,6 +115,13 @@ def test_aggressive_inner_loop_stops_at_the_first_window_whose_loss_does_not_fal
     assert trainer.position.encoder_steps == 12
 
 
+def test_aggressive_training_ends_at_its_step_cap(tmp_path):
+    trainer, sides = _recording_trainer(tmp_path, [1.0, 2.0, 3.0], aggressive_window=2, aggressive_max_inner=4,
+                                        aggressive_until=3)  # fmt: skip
+    trainer.fit()
+    assert sides.count("D") == 3 and sides[-3:] == ["ED", "ED", "ED"]  # steps 1-3 aggressive, 4-6 joint
+
+
 def test_without_aggressive_every_step_is_joint(tmp_path):
     trainer, sides = _recording_trainer(tmp_path, [1.0, 2.0, 3.0])
     trainer.config = config_lib.replace(trainer.config, objective={"aggressive": False})

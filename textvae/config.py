@@ -79,6 +79,7 @@ class ObjectiveConfig:
     aggressive: bool = False  # aggressive inference-network training (He et al. 2019) until validation MI stops rising
     aggressive_max_inner: int = 100  # most encoder-only steps before each decoder step
     aggressive_window: int = 15  # encoder-only steps per window; the inner loop stops when a window's loss rises
+    aggressive_until: int = 0  # aggressive training ends at this step at the latest (a cost cap); 0: MI rule only
     bow_weight: float = 0.0  # bag-of-words loss on z (Zhao et al. 2017); 0 disables
 
 

@@ -245,9 +245,11 @@ class Trainer:
         return stats
 
     def aggressive_now(self) -> bool:
-        """Whether this step trains aggressively: on in the config, past pretraining, and MI has not fallen."""
-        obj = self.config.objective
-        return obj.aggressive and self.position.aggressive and self.position.step >= obj.pretrain_steps
+        """Whether this step trains aggressively: on in the config, past pretraining, before
+        objective.aggressive_until (when set), and validation MI has not fallen."""
+        obj, step = self.config.objective, self.position.step
+        capped = 0 < obj.aggressive_until <= step
+        return obj.aggressive and self.position.aggressive and step >= obj.pretrain_steps and not capped
 
     def _encoder_steps(self, weight: float, sample: bool) -> int:
         """He et al. (2019)'s inner loop: encoder-only steps on random batches of this epoch until the summed
