@@ -7,8 +7,9 @@
     python scripts/reproduce.py --jobs 2 --threads 1 # two runs at a time, one thread each
 
 Every run lives in RUNS_DIR/NAME (default runs/reproduce/SUITE/NAME) and resumes like any `textvae train`
-run; its test evaluation is kept in RUNS_DIR/NAME/test_iw{K}.json. Running the command again continues a
-half-finished suite: finished trainings and evaluations are not repeated. The table goes to --out
+run; its test evaluation is kept in RUNS_DIR/NAME/test_iw{K}.json. All runs are trained first, then
+evaluated (a killed training resumes; a killed evaluation starts over). Running the command again continues
+a half-finished suite: finished trainings and evaluations are not repeated. The table goes to --out
 (results/SUITE.md), the KL and reconstruction curves of all runs to the PNG next to it.
 """
 
@@ -129,33 +130,38 @@ def run_config(base: Path, entry: Entry, steps: int, extra: list[str]) -> list[s
     return overrides
 
 
-def train_and_evaluate(base: Path, entry: Entry, run_dir: Path, overrides: list[str], iw_samples: int,
-                       precision: str, gaps: bool = False) -> dict:  # fmt: skip
-    """Train (or resume) one run, then evaluate it on test once; return the stored result."""
-    from textvae.pipeline import evaluate_run, train
+def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> None:
+    """Train (or resume) one run unless it is finished; its training time accumulates in timing.json."""
+    from textvae.pipeline import train
+
+    timing_path = run_dir / "timing.json"
+    timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {"train_s": 0.0}
+    if timing.get("trained"):
+        return
+    log.info("%s: training (%s)", entry.name, " ".join(overrides))
+    start = time.perf_counter()
+    try:
+        train(config_lib.load(base, overrides), run_dir)
+    finally:  # a stopped run keeps the time it spent, and resumes
+        timing["train_s"] += time.perf_counter() - start
+        run_dir.mkdir(parents=True, exist_ok=True)
+        timing_path.write_text(json.dumps(timing), encoding="utf-8")
+    timing["trained"] = True
+    timing_path.write_text(json.dumps(timing), encoding="utf-8")
+
+
+def evaluate_once(entry: Entry, run_dir: Path, iw_samples: int, precision: str, gaps: bool = False) -> dict:
+    """Evaluate a trained run on test once (kept in test_iw{K}.json); return the stored result."""
+    from textvae.pipeline import evaluate_run
 
     result_path = run_dir / f"test_iw{iw_samples}.json"
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8"))
-    config = config_lib.load(base, overrides)
-    timing_path = run_dir / "timing.json"
-    timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {"train_s": 0.0}
-    if not timing.get("trained"):
-        log.info("%s: training (%s)", entry.name, " ".join(overrides))
-        start = time.perf_counter()
-        try:
-            train(config, run_dir)
-        finally:  # a stopped run keeps the time it spent, and resumes
-            timing["train_s"] += time.perf_counter() - start
-            run_dir.mkdir(parents=True, exist_ok=True)
-            timing_path.write_text(json.dumps(timing), encoding="utf-8")
-        timing["trained"] = True
-        timing_path.write_text(json.dumps(timing), encoding="utf-8")
     log.info("%s: evaluating on test with %d importance samples", entry.name, iw_samples)
     start = time.perf_counter()
     metrics = evaluate_run(run_dir, "test", iw_samples, precision, GAP_OPTIONS if gaps else None)
     metrics["eval_s"] = time.perf_counter() - start
-    metrics["train_s"] = timing["train_s"]
+    metrics["train_s"] = json.loads((run_dir / "timing.json").read_text(encoding="utf-8"))["train_s"]
     metrics["tokens_per_s"] = training_tokens_per_s(run_dir)
     result_path.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics
@@ -274,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         failed = []
-        if args.jobs == 1:
+        if args.jobs == 1:  # every training first (they resume where a kill left them), then the evaluations
             for entry in chosen:
-                train_and_evaluate(args.config, entry, args.runs_dir / entry.name, plans[entry.name],
-                                   args.iw_samples, args.precision, suite.gaps)  # fmt: skip
+                train_run(args.config, entry, args.runs_dir / entry.name, plans[entry.name])
+            for entry in chosen:
+                evaluate_once(entry, args.runs_dir / entry.name, args.iw_samples, args.precision, suite.gaps)
         else:
             failed = run_in_parallel(chosen, args)
         if not args.no_report:
