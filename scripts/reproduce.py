@@ -258,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="applied to every run, after the suite's own settings")  # fmt: skip
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table and plot from what is finished; train and evaluate nothing",
+    )
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -280,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         failed = []
-        if args.jobs == 1:  # every training first (they resume where a kill left them), then the evaluations
+        if args.report_only:
+            pass
+        elif args.jobs == 1:  # every training first (they resume where a kill left them), then the evaluations
             for entry in chosen:
                 train_run(args.config, entry, args.runs_dir / entry.name, plans[entry.name])
             for entry in chosen:

@@ -58,6 +58,9 @@ def test_gap_suite_reports_both_gaps(reproduce, tiny_config_path, corpus_dir, tm
     assert reproduce.main(argv) == 0
     text = out.read_text()
     assert "approximation gap" in text and "(pending)" not in text
+    (runs / "iaf2" / "test_iw2.json").unlink()
+    assert reproduce.main([*argv, "--report-only"]) == 0  # evaluates nothing: the row is pending
+    assert "(pending)" in out.read_text() and not (runs / "iaf2" / "test_iw2.json").exists()
     iaf = json.loads((runs / "iaf8" / "test_iw2.json").read_text())
     assert iaf["kl_estimate"].startswith("monte-carlo") and "amortization_gap" in iaf["gaps"]
     assert "flow_layers: 8" in (runs / "iaf8" / "config.yaml").read_text()
