@@ -34,7 +34,7 @@ from textvae import config as config_lib  # noqa: E402
 from textvae.errors import TrainingStopped, UserError  # noqa: E402
 
 log = logging.getLogger("reproduce")
-GAP_OPTIONS = {"svi_steps": 50, "svi_lr": 0.05, "elbo_samples": 20}  # textvae evaluate --gaps defaults
+GAP_OPTIONS = {"svi_steps": 300, "svi_lr": 0.02, "svi_samples": 8, "elbo_samples": 20}  # evaluate --gaps defaults
 
 
 @dataclass(frozen=True)

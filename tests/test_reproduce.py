@@ -51,7 +51,8 @@ def test_unknown_run_name_is_one_clear_error(reproduce, tiny_config_path, tmp_pa
     assert capsys.readouterr().err.strip().startswith("error: --only: unknown run(s) nope")
 
 
-def test_gap_suite_reports_both_gaps(reproduce, tiny_config_path, corpus_dir, tmp_path):
+def test_gap_suite_reports_both_gaps(reproduce, tiny_config_path, corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "GAP_OPTIONS", {"svi_steps": 5, "svi_lr": 0.02, "svi_samples": 2, "elbo_samples": 4})
     runs, out = tmp_path / "runs", tmp_path / "gaps.md"
     argv = ["--suite", "ptb_gaps", "--config", str(tiny_config_path), "--runs-dir", str(runs), "--out", str(out),
             "--steps", "10", "--iw-samples", "2", "--set", f"data.corpus={corpus_dir}"]  # fmt: skip

