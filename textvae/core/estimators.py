@@ -9,7 +9,7 @@ from torch import Tensor
 
 from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import log_normal, reparameterize
-from textvae.core.objective import LatentModel, log_prior, log_prior_ratio
+from textvae.core.objective import LatentModel, log_prior
 
 
 def iw_log_weights(model: LatentModel, batch, mu: Tensor, logvar: Tensor, num_samples: int, chunk: int) -> Tensor:
@@ -20,15 +20,9 @@ def iw_log_weights(model: LatentModel, batch, mu: Tensor, logvar: Tensor, num_sa
     Returns three tensors [B, K]: the log importance weights, log p(x|z_k) and log p(z_k) - log q(z_k|x).
     """
     weights, likelihoods, ratios = [], [], []
-    flow = getattr(model, "posterior_flow", None)
     for start in range(0, num_samples, chunk):
-        k = min(chunk, num_samples - start)
-        if flow is None:
-            z = reparameterize(mu, logvar, k)  # [B, k, D]
-            log_ratio = log_prior_ratio(model, batch, z, mu, logvar)
-        else:
-            z, log_q = sample_posterior(model, mu, logvar, k)
-            log_ratio = log_prior(model, batch, z) - log_q
+        z, log_q = sample_posterior(model, mu, logvar, min(chunk, num_samples - start))  # [B, k, D], [B, k]
+        log_ratio = log_prior(model, batch, z) - log_q
         log_px_z = model.log_likelihood(batch, z).float()  # [B, k]
         weights.append(log_px_z + log_ratio)
         likelihoods.append(log_px_z)

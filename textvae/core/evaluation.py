@@ -13,7 +13,7 @@ from tqdm import tqdm
 from textvae.core import distributed
 from textvae.core.estimators import active_units, iw_log_likelihood, iw_log_weights, mutual_information
 from textvae.core.gaussian import reparameterize
-from textvae.core.objective import LatentModel, kl_divergence
+from textvae.core.objective import LatentModel, kl_divergence, monte_carlo_kl_per_dim
 
 
 def autocast(device: torch.device, precision: str):
@@ -60,8 +60,8 @@ def evaluate(
                     chunk = max(1, min(iw_samples, token_budget // max(1, batch.footprint)))
                     log_w, log_px_z, log_ratio = iw_log_weights(model, batch, mu, logvar, iw_samples, chunk)
                     rec = -log_px_z.mean(1)  # E_q[-log p(x|z)], averaged over the K samples
-                    if flow:  # no closed form: the K draws' log q(z|x) - log p(z), spread evenly over D
-                        kl_terms = (-log_ratio.mean(1) / mu.shape[-1]).unsqueeze(-1).expand(-1, mu.shape[-1])
+                    if flow:  # no closed form: the K draws' log q(z|x) - log p(z)
+                        kl_terms = monte_carlo_kl_per_dim(log_ratio, mu.shape[-1])
                     else:
                         # a prior other than N(0, I) may need a draw for its KL (a mixture's q(c|x) = p(c|z))
                         z = reparameterize(mu, logvar) if hasattr(model, "kl_divergence") else mu.unsqueeze(1)

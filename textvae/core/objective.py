@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from textvae.core.flows import sample_posterior
-from textvae.core.gaussian import kl_standard_normal, log_normal, log_standard_normal, reparameterize
+from textvae.core.gaussian import kl_standard_normal, log_standard_normal
 
 
 class LatentModel(Protocol):
@@ -67,9 +67,10 @@ def log_prior(model: LatentModel, batch: Any, z: Tensor) -> Tensor:
     return own(batch, z).float() if own is not None else log_standard_normal(z.float())
 
 
-def log_prior_ratio(model: LatentModel, batch: Any, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log p(z) - log q(z|x) for z: [B, K, D] drawn from q = N(mu, diag exp(logvar)) ([B, D]). -> [B, K]."""
-    return log_prior(model, batch, z) - log_normal(z.float(), mu.float().unsqueeze(1), logvar.float().unsqueeze(1))
+def monte_carlo_kl_per_dim(log_ratio: Tensor, dim: int) -> Tensor:
+    """KL estimated as the mean over draws of log q(z|x) - log p(z), spread evenly over the D dimensions (a
+    flow posterior has no per-dimension split). log_ratio = log p(z) - log q(z|x): [B, K] -> [B, D]."""
+    return (-log_ratio.mean(1) / dim).unsqueeze(-1).expand(-1, dim)
 
 
 def kl_divergence(model: LatentModel, batch: Any, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
@@ -107,24 +108,24 @@ def elbo(
         zeros = rec.new_zeros(rec.shape[0], 0)
         return ElboTerms(loss=rec.mean(), rec=rec, kl=rec.new_zeros(rec.shape), kl_per_dim=zeros, mu=None)
     mu, logvar = model.encode(batch)
-    flow = getattr(model, "posterior_flow", None) if sample else None
-    if flow is not None:
+    flow = getattr(model, "posterior_flow", None)
+    if sample:
         z, log_q = sample_posterior(model, mu, logvar, iw_samples)  # [B, k, D], [B, k]
     else:
-        z = reparameterize(mu, logvar, iw_samples) if sample else mu.unsqueeze(1)  # [B, k, D]
+        z = mu.unsqueeze(1)
     likelihood = model.log_likelihood
     if not sample:  # autoencoder pretraining: a model may reconstruct with another loss there
         likelihood = getattr(model, "autoencoder_log_likelihood", likelihood)
     log_px_z = likelihood(batch, z).float()  # [B, k]
-    if flow is not None:  # no closed form: the KL is log q(z|x) - log p(z) at the draws, spread evenly over D
+    log_ratio = None
+    if sample and (flow is not None or iw_samples > 1):
         log_ratio = log_prior(model, batch, z) - log_q  # [B, k]
-        kl_per_dim = (-log_ratio.mean(1) / mu.shape[-1]).unsqueeze(-1).expand(-1, mu.shape[-1])
+    if sample and flow is not None:  # no closed form for the KL
+        kl_per_dim = monte_carlo_kl_per_dim(log_ratio, mu.shape[-1])
     else:
         kl_per_dim = kl_divergence(model, batch, mu, logvar, z[:, :1])
     rec = -log_px_z.mean(1)
-    if iw_samples > 1 and sample:
-        if flow is None:
-            log_ratio = log_prior_ratio(model, batch, z, mu, logvar)
+    if log_ratio is not None and iw_samples > 1:
         bound = torch.logsumexp(log_px_z + kl_weight * log_ratio, dim=1) - math.log(iw_samples)
         loss = -bound.mean()
     else:

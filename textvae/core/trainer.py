@@ -23,7 +23,7 @@ from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from textvae.core.evaluation import autocast
 from textvae.core.objective import ElboModule
-from textvae.core.remedies import split_parameters
+from textvae.core.remedies import aggressive_now, encoder_steps, split_parameters, watch_latent
 from textvae.core.schedules import kl_weight
 from textvae.errors import TrainingStopped, UserError
 
@@ -198,8 +198,8 @@ class Trainer:
         else:
             steps_after = self.position.step - obj.pretrain_steps
             weight, sample = kl_weight(obj, steps_after, self.config.train.max_steps - obj.pretrain_steps), True
-        aggressive = self.aggressive_now()
-        inner = self._encoder_steps(weight, sample) if aggressive else 0
+        aggressive = aggressive_now(self.config.objective, self.position)
+        inner = encoder_steps(self, weight, sample) if aggressive else 0
         self.model.train()
         with autocast(self.device, self.config.train.precision):
             terms = self.train_module(batch, weight, obj.free_bits, obj.free_bits_mode, obj.iw_samples, sample,
@@ -243,49 +243,6 @@ class Trainer:
         if obj.aggressive:
             stats["encoder_steps"] = float(inner)
         return stats
-
-    def aggressive_now(self) -> bool:
-        """Whether this step trains aggressively: on in the config, past pretraining, before
-        objective.aggressive_until (when set), and validation MI has not fallen."""
-        obj, step = self.config.objective, self.position.step
-        capped = 0 < obj.aggressive_until <= step
-        return obj.aggressive and self.position.aggressive and step >= obj.pretrain_steps and not capped
-
-    def _encoder_steps(self, weight: float, sample: bool) -> int:
-        """He et al. (2019)'s inner loop: encoder-only steps on random batches of this epoch until the summed
-        loss of a window of `aggressive_window` steps is no lower than the previous window's, at most
-        `aggressive_max_inner`. The batches are a pure function of (seed, step): a resumed run draws the same."""
-        obj, train = self.config.objective, self.config.train
-        generator = torch.Generator().manual_seed(train.seed * 1_000_003 + self.position.step)
-        picks = torch.randint(len(self._plan), (obj.aggressive_max_inner,), generator=generator).tolist()
-        clip = self.config.optim.grad_clip or math.inf
-        window, previous = 0.0, math.inf
-        self.model.train()
-        for count, pick in enumerate(picks, 1):
-            indices = self._plan[pick]
-            shard = indices[self.rank :: self.world]
-            batch = self.data.collate(shard).to(self.device)
-            share = len(shard) / len(indices)
-            with autocast(self.device, train.precision):
-                terms = self.train_module(batch, weight, obj.free_bits, obj.free_bits_mode, obj.iw_samples, sample,
-                                          obj.bow_weight)  # fmt: skip
-            self.optimizer.zero_grad(set_to_none=True)
-            (terms["loss"] * share * self.world).backward()
-            for p in self._decoder_params:
-                p.grad = None
-            loss = distributed.sum_across(terms["loss"].detach().double() * share).item()
-            if not math.isfinite(loss):
-                self.optimizer.zero_grad(set_to_none=True)
-                return count - 1
-            torch.nn.utils.clip_grad_norm_(self._encoder_params, clip)
-            self.optimizer.step()
-            self.position.encoder_steps += 1
-            window += loss
-            if count % obj.aggressive_window == 0:
-                if window >= previous:
-                    return count
-                previous, window = window, 0.0
-        return len(picks)
 
     def _step_with_warmup(self) -> None:
         """optimizer.step() with the LR scaled by min(1, (step + 1) / warmup_steps), a pure function of the step.
@@ -401,35 +358,6 @@ class Trainer:
         self.position.best, self.position.bad_evals = math.inf, 0
         self.save(self.last_path)  # a resumed run never runs the hook twice
 
-    def _watch_latent(self, metrics: dict[str, Any], writer) -> None:
-        """End aggressive training once validation MI falls (He et al.); warn when the KL has stayed below
-        train.collapse_kl for train.collapse_patience evaluations in a row (posterior collapse)."""
-        position, step = self.position, self.position.step
-        if getattr(self.model, "latent_dim", 0) == 0 or step < self.config.objective.pretrain_steps:
-            return
-        if self.aggressive_now() and "mi" in metrics:
-            if metrics["mi"] < position.last_mi:
-                position.aggressive = False
-                log.info("step %d: validation MI fell (%.3f < %.3f): aggressive training ends after %d encoder-only "
-                         "steps", step, metrics["mi"], position.last_mi, position.encoder_steps)  # fmt: skip
-            position.last_mi = metrics["mi"]
-        writer.add_scalar("val/aggressive", float(self.aggressive_now()), step)
-        train = self.config.train
-        if not train.collapse_patience or "kl" not in metrics:
-            return
-        position.low_kl_evals = position.low_kl_evals + 1 if metrics["kl"] < train.collapse_kl else 0
-        collapsed = position.low_kl_evals >= train.collapse_patience
-        writer.add_scalar("val/collapsed", float(collapsed), step)
-        if position.low_kl_evals == train.collapse_patience:
-            message = (
-                f"step {step}: posterior collapse: validation KL {metrics['kl']:.3f} < {train.collapse_kl} nats for "
-                f"{position.low_kl_evals} evaluations in a row (active units {metrics.get('au', '?')}); the decoder "
-                "ignores z. Remedies: KL annealing, word dropout, free bits, objective.aggressive, "
-                "objective.bow_weight (README: Keeping the latent code alive)"
-            )
-            log.warning("%s", message)
-            writer.add_text("val/collapse_warning", message, step)
-
     def _log_train(self, writer, bar, window) -> None:
         now = time.perf_counter()
         count = len(window["stats"])
@@ -465,7 +393,7 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         if scheduled:  # a report-only evaluation changes no state, so a resumed run matches a straight one
-            self._watch_latent(metrics, writer)
+            watch_latent(self, metrics, writer)
         if scheduled and objective < self.position.best:
             self.position.best, self.position.bad_evals = objective, 0
             self.save(self.best_path)
