@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from textvae.data.batching import transfer
 from textvae.data.corpus import data_dir
 from textvae.errors import UserError
 
@@ -86,8 +87,8 @@ class ImageBatch:
         return self.x.shape[0] * 8
 
     def to(self, device: torch.device) -> ImageBatch:
-        observed = self.observed.to(device, non_blocking=True) if self.observed is not None else None
-        return ImageBatch(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True), observed)
+        observed = transfer(self.observed, device) if self.observed is not None else None
+        return ImageBatch(transfer(self.x, device), transfer(self.y, device), observed)
 
 
 def quadrant_mask(given: int) -> Tensor:

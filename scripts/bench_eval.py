@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = args.iw_samples if model.latent_dim else 1
     flops = eval_flops(config, len(tokenizer), metrics["tokens"], metrics["sentences"], samples)
     achieved = flops / elapsed / 1e9
-    rate = matmul_gflops(args.precision)
+    rate = matmul_gflops(args.precision, device)
     result = {
         "config": args.config,
         "precision": args.precision,

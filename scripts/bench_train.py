@@ -69,15 +69,33 @@ def step_flops(config: Config, vocab: int, tokens: int, sentences: int) -> float
     return lstm_flops(config, vocab, tokens, sentences)
 
 
-def matmul_gflops(precision: str, size: int = 2048, repeats: int = 20) -> float:
+def matmul_gflops(precision: str, device: torch.device | str = "cpu", size: int = 0, repeats: int = 20) -> float:
+    """The measured square-matmul rate on `device` in `precision` (fp32 on CUDA runs as TF32, as in training)."""
+    device = torch.device(device)
+    size = size or (8192 if device.type == "cuda" else 2048)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    _synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    _synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated (CUDA) or the process's peak resident memory (CPU), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -124,7 +142,8 @@ def main() -> None:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     achieved = step_flops(config, len(tokenizer), tokens, sentences) / elapsed / 1e9
-    peak = matmul_gflops(config.train.precision)
+    memory = peak_memory_mb(device)
+    peak = matmul_gflops(config.train.precision, device)
     result = {
         "config": args.config,
         "precision": config.train.precision,
@@ -135,7 +154,7 @@ def main() -> None:
         "achieved_gflops": round(achieved, 2),
         "matmul_gflops": round(peak, 2),
         "ratio": round(achieved / peak, 4),
-        "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_mem_mb": round(memory, 1),
     }
     if args.json:
         print(json.dumps(result))

@@ -336,7 +336,8 @@ def run_in_parallel(chosen: list[Entry], args) -> list[str]:
 
 
 def write_report(suite: Suite, args, argv: list[str] | None) -> None:
-    command = "python scripts/reproduce.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]  # the producing command
+    command = "python scripts/reproduce.py" + "".join(f" {a}" for a in shown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(f"# {suite.title}\n\n"
                         + table(suite, args.runs_dir, args.iw_samples, args.steps, command)

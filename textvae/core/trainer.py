@@ -69,11 +69,16 @@ class _NullWriter:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for train.device; on CUDA, fp32 matmuls and cuDNN run as TF32 (the loss stays fp32)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("train.device is cuda but no CUDA device is available")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:

@@ -30,7 +30,14 @@ class TextBatch:
         return self.tokens.numel()
 
     def to(self, device: torch.device) -> TextBatch:
-        return TextBatch(self.tokens.to(device, non_blocking=True), self.lengths, self.num_tokens, self.num_words)
+        return TextBatch(transfer(self.tokens, device), self.lengths, self.num_tokens, self.num_words)
+
+
+def transfer(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a batch tensor to `device`; to CUDA through pinned memory, so the copy does not block the host."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 class TextSplit:
