@@ -19,9 +19,10 @@ from textvae import config as config_lib
 from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint
+from textvae.core.device import resolve_device
 from textvae.core.evaluation import evaluate
 from textvae.core.gaps import inference_gaps
-from textvae.core.trainer import Trainer, resolve_device
+from textvae.core.trainer import Trainer
 from textvae.errors import UserError
 
 log = logging.getLogger(__name__)

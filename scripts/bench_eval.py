@@ -30,8 +30,8 @@ from bench_train import matmul_gflops  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
 from textvae.config import Config  # noqa: E402
+from textvae.core.device import resolve_device  # noqa: E402
 from textvae.core.evaluation import evaluate  # noqa: E402
-from textvae.core.trainer import resolve_device  # noqa: E402
 from textvae.data.batching import TextSplit  # noqa: E402
 from textvae.data.corpus import load_corpus  # noqa: E402
 from textvae.data.tokenizer import WordTokenizer  # noqa: E402

@@ -20,10 +20,10 @@ import torch
 
 from textvae import config as config_lib
 from textvae.config import Config
-from textvae.core.evaluation import autocast
+from textvae.core.device import autocast, resolve_device
 from textvae.core.objective import elbo
 from textvae.core.schedules import kl_weight
-from textvae.core.trainer import build_optimizer, resolve_device
+from textvae.core.trainer import build_optimizer
 from textvae.data.batching import TextSplit
 from textvae.data.corpus import load_corpus
 from textvae.data.tokenizer import WordTokenizer, build_tokenizer

@@ -16,10 +16,11 @@ from textvae import config as config_lib
 from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint
+from textvae.core.device import resolve_device
 from textvae.core.evaluation import evaluate
 from textvae.core.gaps import inference_gaps
 from textvae.core.remedies import reset_decoder
-from textvae.core.trainer import Trainer, resolve_device
+from textvae.core.trainer import Trainer
 from textvae.data.batching import TextSplit
 from textvae.data.corpus import Corpus, load_corpus
 from textvae.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer

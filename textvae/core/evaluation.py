@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -11,16 +10,10 @@ import torch
 from tqdm import tqdm
 
 from textvae.core import distributed
+from textvae.core.device import autocast
 from textvae.core.estimators import active_units, iw_log_likelihood, iw_log_weights, mutual_information
 from textvae.core.gaussian import reparameterize
 from textvae.core.objective import LatentModel, kl_divergence, monte_carlo_kl_per_dim
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CPU or CUDA when asked for; a no-op context for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from torch import nn
 
 from textvae.config import ObjectiveConfig
 from textvae.core import distributed
-from textvae.core.evaluation import autocast
+from textvae.core.device import autocast
 from textvae.errors import UserError
 
 log = logging.getLogger(__name__)

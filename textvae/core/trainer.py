@@ -21,7 +21,7 @@ from tqdm import tqdm
 from textvae.config import Config, to_dict
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from textvae.core.evaluation import autocast
+from textvae.core.device import autocast
 from textvae.core.objective import ElboModule
 from textvae.core.remedies import aggressive_now, encoder_steps, split_parameters, watch_latent
 from textvae.core.schedules import kl_weight
@@ -66,19 +66,6 @@ class _NullWriter:
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for train.device; on CUDA, fp32 matmuls and cuDNN run as TF32 (the loss stays fp32)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("train.device is cuda but no CUDA device is available")
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
