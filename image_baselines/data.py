@@ -7,6 +7,7 @@ test images are binarized once with a fixed seed, so reported numbers always use
 
 from __future__ import annotations
 
+import copy
 import gzip
 import struct
 from dataclasses import dataclass
@@ -140,6 +141,16 @@ class ImageSplit:
         if self._binary is None:  # a dynamic split asked for in order before any epoch: one fixed draw
             self._binary = self._binarize(FIXED_BINARIZATION_SEED)
         return [list(range(i, min(i + batch_size, len(self)))) for i in range(0, len(self), batch_size)]
+
+    def subset(self, indices: list[int]) -> ImageSplit:
+        """The images at `indices` with their labels and fixed binarization (to evaluate part of a split)."""
+        if self._binary is None:  # as in ordered(): the fixed draw of a dynamic split
+            self._binary = self._binarize(FIXED_BINARIZATION_SEED)
+        part = copy.copy(self)
+        index = torch.tensor(indices, dtype=torch.long)
+        part.grey, part.labels, part._binary = self.grey[index], self.labels[index], self._binary[index]
+        part.dynamic = False
+        return part
 
     def collate(self, indices: list[int]) -> ImageBatch:
         index = torch.tensor(indices, dtype=torch.long)

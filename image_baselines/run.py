@@ -20,7 +20,7 @@ from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint
 from textvae.core.device import resolve_device
-from textvae.core.evaluation import evaluate
+from textvae.core.evaluation import evaluate, spread
 from textvae.core.gaps import inference_gaps
 from textvae.core.trainer import Trainer
 from textvae.errors import UserError
@@ -164,17 +164,27 @@ def load_image_run(run_dir: Path, config: Config, checkpoint: str = "best") -> t
 
 
 def evaluate_image_run(
-    run_dir: Path, config: Config, split: str, iw_samples: int, precision: str, gaps: dict[str, Any] | None = None
+    run_dir: Path,
+    config: Config,
+    split: str,
+    iw_samples: int,
+    precision: str,
+    gaps: dict[str, Any] | None = None,
+    max_examples: int | None = None,
 ) -> dict[str, Any]:
     model, device, step = load_image_run(run_dir, config)
     splits = load_mnist(config.data.corpus, config.data.holdout, binarize=config.data.binarize == "dynamic")
-    metrics = image_metrics(model, splits[split], config.train.eval_batch_size, iw_samples, device, precision)
+    data = splits[split]
+    if max_examples is not None:
+        data = data.subset(spread(len(data), max_examples))
+    metrics = image_metrics(model, data, config.train.eval_batch_size, iw_samples, device, precision)
     metrics["split"] = split
     metrics["checkpoint_step"] = step
+    if max_examples is not None:
+        metrics["max_examples"] = max_examples
     if gaps is not None:
-        data = splits[split]
         batches = [data.collate(indices) for indices in data.ordered(config.train.eval_batch_size)]
-        metrics["gaps"] = inference_gaps(model, batches, device, -metrics["nll"], **gaps)
+        metrics["gaps"] = inference_gaps(model, batches, device, -metrics["nll"], **gaps, precision=precision)
     return metrics
 
 

@@ -7,10 +7,11 @@
     python scripts/reproduce.py --jobs 2 --threads 1 # two runs at a time, one thread each
 
 Every run lives in RUNS_DIR/NAME (default runs/reproduce/SUITE/NAME) and resumes like any `textvae train`
-run; its test evaluation is kept in RUNS_DIR/NAME/test_iw{K}.json. All runs are trained first, then
-evaluated (a killed training resumes; a killed evaluation starts over). Running the command again continues
-a half-finished suite: finished trainings and evaluations are not repeated. The table goes to --out
-(results/SUITE.md), the KL and reconstruction curves of all runs to the PNG next to it.
+run; its test evaluation is kept in RUNS_DIR/NAME/test_iw{K}.json (test_iw{K}_n{N}.json when a suite or
+--eval-examples evaluates N test examples). All runs are trained first, then evaluated (a killed training
+resumes; a killed evaluation starts over). Running the command again continues a half-finished suite:
+finished trainings and evaluations are not repeated. The table goes to --out (results/SUITE.md), the KL and
+reconstruction curves of all runs to the PNG next to it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from textvae.errors import TrainingStopped, UserError  # noqa: E402
 
 log = logging.getLogger("reproduce")
 GAP_OPTIONS = {"svi_steps": 300, "svi_lr": 0.02, "svi_samples": 8, "elbo_samples": 20}  # evaluate --gaps defaults
+PTB_GAP_OPTIONS = {**GAP_OPTIONS}  # set from the PTB convergence check (see the suite below)
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,9 @@ class Suite:
     steps: int  # the default step budget of every run
     iw_samples: int
     entries: list[Entry]
-    gaps: bool = False  # also evaluate with the inference-gap report (SVI refinement)
+    gaps: dict | None = None  # options of the inference-gap report (SVI refinement), if the suite has one
     text: bool = True
+    eval_examples: int | None = None  # test examples spread evenly over the split (None: all of them)
 
 
 # The remedies: the LSTM LM, the plain VAE, and one remedy (or a common combination) per row.
@@ -115,9 +118,9 @@ IMAGE_POSTERIORS = [
 SUITES: dict[str, Suite] = {
     "ptb": Suite("PTB: posterior-collapse remedies", "configs/text/ptb_lstm_vae.yaml", 6000, 500, REMEDIES),
     "ptb_gaps": Suite("PTB: richer posteriors and the inference gaps", "configs/text/ptb_lstm_vae.yaml", 6000, 500,
-                      POSTERIORS, gaps=True),
+                      POSTERIORS, gaps=PTB_GAP_OPTIONS, eval_examples=500),
     "mnist_gaps": Suite("MNIST: richer posteriors and the inference gaps", "configs/image/vae_mnist.yaml", 100000,
-                        5000, IMAGE_POSTERIORS, gaps=True, text=False),
+                        5000, IMAGE_POSTERIORS, gaps=GAP_OPTIONS, text=False),
 }  # fmt: skip
 
 
@@ -150,16 +153,23 @@ def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> 
     timing_path.write_text(json.dumps(timing), encoding="utf-8")
 
 
-def evaluate_once(entry: Entry, run_dir: Path, iw_samples: int, precision: str, gaps: bool = False) -> dict:
-    """Evaluate a trained run on test once (kept in test_iw{K}.json); return the stored result."""
+def result_file(iw_samples: int, examples: int | None) -> str:
+    """test_iw{K}.json for the whole test split, test_iw{K}_n{N}.json for N examples of it."""
+    return f"test_iw{iw_samples}" + (f"_n{examples}" if examples else "") + ".json"
+
+
+def evaluate_once(
+    entry: Entry, run_dir: Path, iw_samples: int, precision: str, gaps: dict | None, examples: int | None
+) -> dict:
+    """Evaluate a trained run on test once (kept in its result_file); return the stored result."""
     from textvae.pipeline import evaluate_run
 
-    result_path = run_dir / f"test_iw{iw_samples}.json"
+    result_path = run_dir / result_file(iw_samples, examples)
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8"))
     log.info("%s: evaluating on test with %d importance samples", entry.name, iw_samples)
     start = time.perf_counter()
-    metrics = evaluate_run(run_dir, "test", iw_samples, precision, GAP_OPTIONS if gaps else None)
+    metrics = evaluate_run(run_dir, "test", iw_samples, precision, gaps, examples)
     metrics["eval_s"] = time.perf_counter() - start
     metrics["train_s"] = json.loads((run_dir / "timing.json").read_text(encoding="utf-8"))["train_s"]
     metrics["tokens_per_s"] = training_tokens_per_s(run_dir)
@@ -214,21 +224,22 @@ def plot(suite: Suite, runs_dir: Path, path: Path) -> None:
     plt.close(figure)
 
 
-def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: str) -> str:
+def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: str, examples: int | None) -> str:
     gap_columns = " approximation gap | amortization gap |" if suite.gaps else ""
+    split = f"{examples:,} examples spread evenly over the test split" if examples else "the test split"
     rows = [
         f"Produced by `{command}`: every run {steps:,} steps (unless its row says otherwise) of the same data and "
-        f"model, best checkpoint by validation nelbo, evaluated on the test split with {iw_samples} importance "
-        "samples" + (f" and the gap report of `textvae evaluate --gaps` ({GAP_OPTIONS})." if suite.gaps else "."),
+        f"model, best checkpoint by validation nelbo, evaluated on {split} with {iw_samples} importance "
+        "samples" + (f" and the gap report of `textvae evaluate --gaps` ({suite.gaps})." if suite.gaps else "."),
         "",
         f"| run | steps | nll | ppl | nelbo | kl | mi | au |{gap_columns} train time | tokens/s |",
-        "|---|---|---|---|---|---|---|---|" + "---|---|" * suite.gaps + "---|---|",
+        "|---|---|---|---|---|---|---|---|" + "---|---|" * bool(suite.gaps) + "---|---|",
     ]
     for entry in suite.entries:
-        path = runs_dir / entry.name / f"test_iw{iw_samples}.json"
+        path = runs_dir / entry.name / result_file(iw_samples, examples)
         run_steps = max(1, round(steps * entry.budget))
         if not path.is_file():
-            rows.append(f"| {entry.label} | {run_steps:,} | (pending) |" + " |" * (8 + 2 * suite.gaps))
+            rows.append(f"| {entry.label} | {run_steps:,} | (pending) |" + " |" * (8 + 2 * bool(suite.gaps)))
             continue
         m = json.loads(path.read_text(encoding="utf-8"))
         ppl = f"{m['ppl']:.1f}" if "ppl" in m else "–"
@@ -253,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="the step budget of every run (default: the suite's)")
     parser.add_argument("--iw-samples", type=int, help="importance samples on test (default: the suite's)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="of the evaluation")
+    parser.add_argument("--eval-examples", type=int, help="test examples to evaluate, spread evenly over the "
+                        "split (default: the suite's; 0: all)")  # fmt: skip
     parser.add_argument("--only", default="", help="comma-separated run names (default: the whole suite)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each in its own process)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
@@ -272,14 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path("results") / f"{args.suite}.md"
     args.steps = args.steps or suite.steps
     args.iw_samples = args.iw_samples or suite.iw_samples
+    args.eval_examples = suite.eval_examples if args.eval_examples is None else args.eval_examples or None
     names = [n for n in args.only.split(",") if n] or [e.name for e in suite.entries]
     try:
         unknown = sorted(set(names) - {e.name for e in suite.entries})
         if unknown:
             raise UserError(f"--only: unknown run(s) {', '.join(unknown)} (suite {args.suite}: "
                             f"{', '.join(e.name for e in suite.entries)})")  # fmt: skip
-        if args.steps <= 0 or args.iw_samples <= 0 or args.jobs <= 0:
-            raise UserError("--steps, --iw-samples and --jobs must be positive")
+        if args.steps <= 0 or args.iw_samples <= 0 or args.jobs <= 0 or (args.eval_examples or 0) < 0:
+            raise UserError("--steps, --iw-samples and --jobs must be positive, --eval-examples not negative")
         chosen = [e for e in suite.entries if e.name in names]
         plans = {e.name: run_config(args.config, e, args.steps, args.overrides) for e in chosen}
         if args.threads:
@@ -291,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             for entry in chosen:
                 train_run(args.config, entry, args.runs_dir / entry.name, plans[entry.name])
             for entry in chosen:
-                evaluate_once(entry, args.runs_dir / entry.name, args.iw_samples, args.precision, suite.gaps)
+                evaluate_once(
+                    entry, args.runs_dir / entry.name, args.iw_samples, args.precision, suite.gaps, args.eval_examples
+                )
         else:
             failed = run_in_parallel(chosen, args)
         if not args.no_report:
@@ -314,6 +330,7 @@ def run_in_parallel(chosen: list[Entry], args) -> list[str]:
     passthrough = [
         "--suite", args.suite, "--config", str(args.config), "--runs-dir", str(args.runs_dir),
         "--steps", str(args.steps), "--iw-samples", str(args.iw_samples), "--precision", args.precision,
+        "--eval-examples", str(args.eval_examples or 0),
         "--threads", str(args.threads), "--no-report", *[f"--set={o}" for o in args.overrides],
     ]  # fmt: skip
     while pending or running:
@@ -340,7 +357,7 @@ def write_report(suite: Suite, args, argv: list[str] | None) -> None:
     command = "python scripts/reproduce.py" + "".join(f" {a}" for a in shown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(f"# {suite.title}\n\n"
-                        + table(suite, args.runs_dir, args.iw_samples, args.steps, command)
+                        + table(suite, args.runs_dir, args.iw_samples, args.steps, command, args.eval_examples)
                         + f"\n![KL and reconstruction]({args.out.with_suffix('.png').name})\n",
                         encoding="utf-8")  # fmt: skip
     plot(suite, args.runs_dir, args.out.with_suffix(".png"))

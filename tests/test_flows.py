@@ -157,6 +157,13 @@ def test_flow_runs_train_and_report_gaps(tiny_config_path, corpus_dir, tmp_path,
     assert metrics["kl_estimate"].startswith("monte-carlo")
     assert gaps["approximation_gap"] == pytest.approx(gaps["log_px"] - gaps["elbo_refined"])
     assert gaps["amortization_gap"] == pytest.approx(gaps["elbo_refined"] - gaps["elbo_amortized"])
+    # bf16: the model's matmuls under autocast, the same report within bf16 rounding
+    assert main(["evaluate", str(run), "--iw-samples", "5", "--gaps", "--svi-steps", "5", "--elbo-samples", "4",
+                 "--json", "--precision", "bf16"]) == 0  # fmt: skip
+    bf16 = json.loads(capsys.readouterr().out)["gaps"]
+    assert bf16["precision"] == "bf16" and gaps["precision"] == "fp32"
+    for key in ("elbo_amortized", "elbo_refined"):
+        assert bf16[key] == pytest.approx(gaps[key], abs=0.05 * abs(gaps[key]))
     model = load(run)
     z = model.sample_z(["cat w1 w2 cat", "dog w3 dog"], 3)
     assert z.shape == (2, 3, 4) and torch.isfinite(z).all()

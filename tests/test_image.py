@@ -97,6 +97,11 @@ def test_splits_and_binarization(mnist_dir):
     test_a = splits["test"].collate(list(range(100))).x
     test_b = load_mnist(str(mnist_dir), 0.1)["test"].collate(list(range(100))).x
     assert torch.equal(test_a, test_b)  # one fixed binarized test set
+    part = splits["test"].subset([3, 50, 97])  # part of a split keeps its images, labels and binarization
+    assert len(part) == 3 and torch.equal(part.labels, splits["test"].labels[[3, 50, 97]])
+    assert torch.equal(part.collate([0, 1, 2]).x, test_a[[3, 50, 97]])
+    train_part = splits["train"].subset([0, 1])  # a dynamic split: its fixed evaluation draw
+    assert torch.equal(train_part.collate([0, 1]).x, train_split.subset([0, 1]).collate([0, 1]).x)
 
 
 @pytest.mark.parametrize("given, shown", [(1, [(1, 0)]), (2, [(0, 1), (1, 0)]), (3, [(0, 1), (1, 0), (1, 1)])])
@@ -197,6 +202,9 @@ def test_image_vae_trains_and_evaluates_from_the_cli(mnist_dir, tmp_path, capsys
     assert metrics["images"] == 100 and metrics["iw_samples"] == 5 and metrics["split"] == "test"
     assert metrics["nll"] <= metrics["nelbo"] + 1.0 and len(metrics["kl_per_dim"]) == 50
     assert "ppl" not in metrics
+    assert main(["evaluate", str(run), "--iw-samples", "5", "--json", "--max-examples", "30"]) == 0
+    part = json.loads(capsys.readouterr().out)
+    assert part["images"] == 30 and part["max_examples"] == 30
 
 
 @pytest.mark.parametrize("config", ["cvae_mnist.yaml", "cvae_quadrants_mnist.yaml"])

@@ -1,5 +1,6 @@
 """scripts/reproduce.py on the tiny config: every row, the plot, and a half-finished suite resumed."""
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -52,17 +53,26 @@ def test_unknown_run_name_is_one_clear_error(reproduce, tiny_config_path, tmp_pa
 
 
 def test_gap_suite_reports_both_gaps(reproduce, tiny_config_path, corpus_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "GAP_OPTIONS", {"svi_steps": 5, "svi_lr": 0.02, "svi_samples": 2, "elbo_samples": 4})
+    small = {"svi_steps": 5, "svi_lr": 0.02, "svi_samples": 2, "elbo_samples": 4}
+    suite = dataclasses.replace(reproduce.SUITES["ptb_gaps"], gaps=small, eval_examples=6)
+    monkeypatch.setitem(reproduce.SUITES, "ptb_gaps", suite)
     runs, out = tmp_path / "runs", tmp_path / "gaps.md"
     argv = ["--suite", "ptb_gaps", "--config", str(tiny_config_path), "--runs-dir", str(runs), "--out", str(out),
             "--steps", "10", "--iw-samples", "2", "--set", f"data.corpus={corpus_dir}"]  # fmt: skip
     assert reproduce.main(argv) == 0
     text = out.read_text()
     assert "approximation gap" in text and "(pending)" not in text
-    (runs / "iaf2" / "test_iw2.json").unlink()
+    assert "6 examples spread evenly over the test split" in text and "'svi_steps': 5" in text
+    (runs / "iaf2" / "test_iw2_n6.json").unlink()
     assert reproduce.main([*argv, "--report-only"]) == 0  # evaluates nothing: the row is pending
-    assert "(pending)" in out.read_text() and not (runs / "iaf2" / "test_iw2.json").exists()
-    iaf = json.loads((runs / "iaf8" / "test_iw2.json").read_text())
+    assert "(pending)" in out.read_text() and not (runs / "iaf2" / "test_iw2_n6.json").exists()
+    iaf = json.loads((runs / "iaf8" / "test_iw2_n6.json").read_text())
     assert iaf["kl_estimate"].startswith("monte-carlo") and "amortization_gap" in iaf["gaps"]
+    assert iaf["sentences"] == 6 and iaf["max_examples"] == 6 and iaf["gaps"]["svi_steps"] == 5
     assert "flow_layers: 8" in (runs / "iaf8" / "config.yaml").read_text()
     assert "max_steps: 2" in (runs / "iwae10" / "config.yaml").read_text()  # a fifth of the budget: k=10 passes
+
+    # --eval-examples 0 evaluates the whole test split, kept apart from the subset's result
+    assert reproduce.main([*argv, "--only", "gaussian", "--eval-examples", "0"]) == 0
+    whole = json.loads((runs / "gaussian" / "test_iw2.json").read_text())
+    assert whole["sentences"] > 6 and "max_examples" not in whole

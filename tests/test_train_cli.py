@@ -9,6 +9,7 @@ import torch
 
 from textvae import config as config_lib
 from textvae.cli import main
+from textvae.core.evaluation import spread
 from textvae.pipeline import train
 
 
@@ -56,6 +57,23 @@ def test_cli_trains_and_evaluates_the_tiny_config(tiny_config_path, corpus_dir, 
     assert metrics["checkpoint_step"] in (10, 20)  # best.pt
     assert metrics["nll"] <= metrics["nelbo"] + 0.5  # IW bound is at least as tight as the ELBO (up to noise)
 
+    assert main(["evaluate", str(run), "--iw-samples", "7", "--json", "--max-examples", "9"]) == 0
+    part = json.loads(capsys.readouterr().out)
+    assert part["sentences"] == 9 and part["max_examples"] == 9
+    assert main(["evaluate", str(run), "--iw-samples", "7", "--json", "--max-examples", "400"]) == 0
+    assert json.loads(capsys.readouterr().out)["sentences"] == 40  # more than the split has: all of it
+
+
+@pytest.mark.parametrize(("count", "limit", "expected"), [(10, 3, [0, 3, 6]), (5, None, [0, 1, 2, 3, 4]),
+                                                         (3, 7, [0, 1, 2]), (3761, 500, None)])  # fmt: skip
+def test_spread_picks_distinct_evenly_spaced_examples(count, limit, expected):
+    picked = spread(count, limit)
+    if expected is not None:
+        assert picked == expected
+    assert picked == sorted(set(picked)) and len(picked) == min(count, limit or count)
+    gaps = {b - a for a, b in zip(picked, picked[1:])}
+    assert max(gaps) - min(gaps) <= 1  # evenly: neighbouring gaps differ by at most one
+
 
 def test_lm_baseline_reports_exact_nll_and_no_latent(tiny_config_path, corpus_dir, tmp_path, capsys):
     run = tmp_path / "lm"
@@ -102,6 +120,7 @@ def test_bad_input_gives_one_clear_line(tiny_config_path, corpus_dir, tmp_path, 
     empty.write_text("\n \n")
     assert "empty" in _error(capsys, ["train", tiny, "--set", f"data.corpus={empty}", "--run-dir", run])
     assert "run directory not found" in _error(capsys, ["evaluate", str(tmp_path / "nope")])
+    assert "--max-examples must be at least 1" in _error(capsys, ["evaluate", run, "--max-examples", "0"])
     (tmp_path / "notrun").mkdir()
     assert "not a textvae run directory" in _error(capsys, ["evaluate", str(tmp_path / "notrun")])
 

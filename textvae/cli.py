@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iw-samples", type=int, default=500, help="importance samples for the NLL (default 500)")
     evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--max-examples", type=int, default=None, metavar="N",
+                          help="evaluate N examples spread evenly over the split (default: all of them)")  # fmt: skip
     evaluate.add_argument(
         "--gaps",
         action="store_true",
@@ -107,6 +109,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.iw_samples < 1:
         raise UserError("--iw-samples must be at least 1")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise UserError("--max-examples must be at least 1")
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
@@ -116,7 +120,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise UserError("--svi-steps must be >= 0, --svi-lr > 0, --svi-samples and --elbo-samples >= 1")
         gaps = {"svi_steps": args.svi_steps, "svi_lr": args.svi_lr, "svi_samples": args.svi_samples,
                 "elbo_samples": args.elbo_samples}  # fmt: skip
-    metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision, gaps)
+    metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision, gaps, args.max_examples)
     if args.json:
         print(json.dumps(metrics))
     else:

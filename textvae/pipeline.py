@@ -17,7 +17,7 @@ from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint
 from textvae.core.device import resolve_device
-from textvae.core.evaluation import evaluate
+from textvae.core.evaluation import evaluate, spread
 from textvae.core.gaps import inference_gaps
 from textvae.core.remedies import reset_decoder
 from textvae.core.trainer import Trainer
@@ -201,26 +201,36 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
 
 
 def evaluate_run(
-    run_dir: Path, split: str, iw_samples: int, precision: str = "fp32", gaps: dict[str, Any] | None = None
+    run_dir: Path,
+    split: str,
+    iw_samples: int,
+    precision: str = "fp32",
+    gaps: dict[str, Any] | None = None,
+    max_examples: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a split of its corpus with K importance samples; with `gaps` (options of
-    core.gaps.inference_gaps: svi_steps, svi_lr, elbo_samples) also the inference-gap report."""
+    core.gaps.inference_gaps: svi_steps, svi_lr, svi_samples, elbo_samples) also the inference-gap report.
+    `max_examples` evaluates that many examples spread evenly over the split (the same ones every time)."""
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
         config = config_lib.load(config_file)
         if config.model.name in config_lib.IMAGE_MODELS:
             from image_baselines.run import evaluate_image_run
 
-            return evaluate_image_run(run_dir, config, split, iw_samples, precision, gaps)
+            return evaluate_image_run(run_dir, config, split, iw_samples, precision, gaps, max_examples)
     run = load_run(run_dir)
     corpus = load_corpus(run.config.data.corpus, run.config.data.holdout)
     if split not in corpus.splits:
         raise UserError(f"split {split!r} not in corpus (have: {', '.join(corpus.splits)})")
-    data = TextSplit(corpus.splits[split], run.tokenizer, run.config.data.max_length)
+    sentences = corpus.splits[split]
+    sentences = [sentences[i] for i in spread(len(sentences), max_examples)]
+    data = TextSplit(sentences, run.tokenizer, run.config.data.max_length)
     batches = [data.collate(b) for b in data.ordered(run.config.train.eval_batch_size)]
     metrics = evaluate(run.model, batches, iw_samples, run.device, precision, ppl_unit=ppl_unit(run.tokenizer))
     metrics["split"] = split
     metrics["checkpoint_step"] = run.step
+    if max_examples is not None:
+        metrics["max_examples"] = max_examples
     if gaps is not None and run.model.latent_dim:
-        metrics["gaps"] = inference_gaps(run.model, batches, run.device, -metrics["nll"], **gaps)
+        metrics["gaps"] = inference_gaps(run.model, batches, run.device, -metrics["nll"], **gaps, precision=precision)
     return metrics

@@ -16,6 +16,13 @@ from textvae.core.gaussian import reparameterize
 from textvae.core.objective import LatentModel, kl_divergence, monte_carlo_kl_per_dim
 
 
+def spread(count: int, limit: int | None) -> list[int]:
+    """`limit` indices spread evenly over range(count), the same every time; all of them without a limit."""
+    if limit is None or limit >= count:
+        return list(range(count))
+    return [i * count // limit for i in range(limit)]
+
+
 @torch.no_grad()
 def evaluate(
     model: LatentModel,
