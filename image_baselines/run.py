@@ -184,7 +184,9 @@ def evaluate_image_run(
         metrics["max_examples"] = max_examples
     if gaps is not None:
         batches = [data.collate(indices) for indices in data.ordered(config.train.eval_batch_size)]
-        metrics["gaps"] = inference_gaps(model, batches, device, -metrics["nll"], **gaps, precision=precision)
+        metrics["gaps"] = inference_gaps(
+            model, batches, device, -metrics["nll"], **gaps, precision=precision, iw_samples=iw_samples
+        )
     return metrics
 
 

@@ -232,5 +232,7 @@ def evaluate_run(
     if max_examples is not None:
         metrics["max_examples"] = max_examples
     if gaps is not None and run.model.latent_dim:
-        metrics["gaps"] = inference_gaps(run.model, batches, run.device, -metrics["nll"], **gaps, precision=precision)
+        metrics["gaps"] = inference_gaps(
+            run.model, batches, run.device, -metrics["nll"], **gaps, precision=precision, iw_samples=iw_samples
+        )
     return metrics
