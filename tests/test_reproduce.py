@@ -63,6 +63,13 @@ def test_gap_suite_reports_both_gaps(reproduce, tiny_config_path, corpus_dir, tm
     text = out.read_text()
     assert "approximation gap" in text and "(pending)" not in text
     assert "6 examples spread evenly over the test split" in text and "'svi_steps': 5" in text
+    gaussian_row = next(line for line in text.splitlines() if line.startswith("| Gaussian |"))
+    nll, nll_refined, approximation = (float(gaussian_row.split("|")[i]) for i in (3, 9, 10))
+    gaussian = json.loads((runs / "gaussian" / "test_iw2_n6.json").read_text())["gaps"]
+    assert nll_refined == round(-gaussian["log_px_refined"], 2) and min(nll, nll_refined) == round(
+        -gaussian["log_px"], 2
+    )
+    assert approximation == round(gaussian["approximation_gap"], 2)
     (runs / "iaf2" / "test_iw2_n6.json").unlink()
     assert reproduce.main([*argv, "--report-only"]) == 0  # evaluates nothing: the row is pending
     assert "(pending)" in out.read_text() and not (runs / "iaf2" / "test_iw2_n6.json").exists()
