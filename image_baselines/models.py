@@ -6,6 +6,8 @@ conditional prior and VaDE's mixture prior add `log_prior(batch, z)` and `kl_div
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -193,29 +195,50 @@ class QuadrantCVAE(ImageVAE):
 class VaDE(ImageVAE):
     """Variational Deep Embedding (Jiang et al. 2016): a VAE whose prior is a Gaussian mixture.
 
-    p(c) = softmax(pi_logits), p(z|c) = N(mu_c, diag exp(logvar_c)), Bernoulli p(x|z); q(z|x) is the
-    usual diagonal Gaussian and q(c|x) = p(c|z) at a draw z ~ q(z|x), as in the paper. The
-    mixture is initialized by `init_mixture` (a GMM fitted on the pretrained posterior means).
+    p(c) = softmax(pi_logits), p(z|c) = N(mu_c, Sigma_c), Bernoulli p(x|z); q(z|x) is the usual diagonal
+    Gaussian and q(c|x) = p(c|z) at a draw z ~ q(z|x), as in the paper. Sigma_c is diagonal, exp(logvar_c),
+    as in the paper, or with model.mixture_covariance: full, L_c L_c^T for a lower-triangular L_c whose
+    diagonal is exp(log_diag_c / 2) and whose strictly lower part is tril_c. The mixture is initialized by
+    `init_mixture` (a GMM of the same kind fitted on the pretrained posterior means).
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         k, d = config.num_clusters, config.latent_dim
+        self.full = config.mixture_covariance == "full"
         self.pi_logits = nn.Parameter(torch.zeros(k))
         self.mu_c = nn.Parameter(torch.randn(k, d))
-        self.logvar_c = nn.Parameter(torch.zeros(k, d))
+        self.logvar_c = nn.Parameter(torch.zeros(k, d))  # full: log of L_c's squared diagonal
+        if self.full:
+            self.tril_c = nn.Parameter(torch.zeros(k, d, d))  # only the strictly lower triangle is used
 
-    def init_mixture(self, weights: Tensor, means: Tensor, variances: Tensor) -> None:
+    def init_mixture(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
+        """weights [K], means [K, D], and variances [K, D] (diag) or covariance matrices [K, D, D] (full)."""
         with torch.no_grad():
             self.pi_logits.copy_(weights.clamp_min(1e-8).log())
             self.mu_c.copy_(means)
-            self.logvar_c.copy_(variances.clamp_min(1e-8).log())
+            if self.full:
+                chol = torch.linalg.cholesky(covariances.double()).float()
+                self.logvar_c.copy_(2 * chol.diagonal(dim1=-2, dim2=-1).log())
+                self.tril_c.copy_(chol.tril(-1))
+            else:
+                self.logvar_c.copy_(covariances.clamp_min(1e-8).log())
+
+    def _scale_tril(self) -> Tensor:
+        """L_c, [K, D, D] (full covariance only)."""
+        diagonal = torch.exp(0.5 * bound_logvar(self.logvar_c.float()))
+        return self.tril_c.float().tril(-1) + torch.diag_embed(diagonal)
 
     def _log_joint_c(self, z: Tensor) -> Tensor:
         """log p(c) + log p(z|c). z: [..., D] -> [..., K]."""
         log_pc = torch.log_softmax(self.pi_logits.float(), 0)
         logvar_c = bound_logvar(self.logvar_c.float())
-        return log_pc + log_normal(z.float().unsqueeze(-2), self.mu_c.float(), logvar_c)
+        if not self.full:
+            return log_pc + log_normal(z.float().unsqueeze(-2), self.mu_c.float(), logvar_c)
+        diff = z.float().unsqueeze(-2) - self.mu_c.float()  # [..., K, D]
+        white = torch.linalg.solve_triangular(self._scale_tril(), diff.unsqueeze(-1), upper=False).squeeze(-1)
+        d = z.shape[-1]
+        return log_pc - 0.5 * (d * math.log(2 * math.pi) + logvar_c.sum(-1) + white.pow(2).sum(-1))
 
     def responsibilities(self, z: Tensor) -> Tensor:
         """p(c|z). z: [..., D] -> [..., K]."""
@@ -227,18 +250,29 @@ class VaDE(ImageVAE):
     def kl_divergence(self, batch: ImageBatch, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
         """KL(q(z|x) q(c|x) || p(z, c)) with q(c|x) = p(c|z), as [B, D] terms summing to it.
 
-        Per dimension: 0.5 sum_c gamma_c (logvar_cd + (s_d^2 + (mu_d - mu_cd)^2) / s_cd^2) - 0.5 (1 + log s_d^2);
-        the categorical part sum_c gamma_c log(gamma_c / pi_c) is shared equally among the D dimensions.
+        Diagonal: per dimension 0.5 sum_c gamma_c (logvar_cd + (s_d^2 + (mu_d - mu_cd)^2) / s_cd^2)
+        - 0.5 (1 + log s_d^2). Full: 0.5 sum_c gamma_c (log det Sigma_c + tr(Sigma_c^-1 S) + |L_c^-1 (mu - mu_c)|^2)
+        - 0.5 sum_d (1 + log s_d^2), S = diag(s^2), shared equally among the dimensions (no per-dimension
+        split exists), as is the categorical part sum_c gamma_c log(gamma_c / pi_c).
         """
         gamma = self.responsibilities(z[:, 0])  # [B, K]
         logvar_c = bound_logvar(self.logvar_c.float())  # [K, D]
-        per_cluster = logvar_c + (logvar.exp().unsqueeze(1) + (mu.unsqueeze(1) - self.mu_c.float()).pow(2)) * torch.exp(
-            -logvar_c
-        )  # [B, K, D]
-        gaussian = 0.5 * (gamma.unsqueeze(-1) * per_cluster).sum(1) - 0.5 * (1.0 + logvar)
+        d = mu.shape[-1]
+        if self.full:
+            inverse = torch.linalg.solve_triangular(self._scale_tril(), torch.eye(d, device=mu.device), upper=False)
+            trace = (inverse.pow(2) @ logvar.float().exp().unsqueeze(-1).unsqueeze(1)).squeeze(-1).sum(-1)  # [B, K]
+            white = (inverse @ (mu.float().unsqueeze(1) - self.mu_c.float()).unsqueeze(-1)).squeeze(-1)  # [B, K, D]
+            per_cluster = logvar_c.sum(-1) + trace + white.pow(2).sum(-1)  # [B, K]
+            total = 0.5 * (gamma * per_cluster).sum(-1) - 0.5 * (1.0 + logvar.float()).sum(-1)
+            gaussian = total.unsqueeze(-1).expand(-1, d) / d
+        else:
+            per_cluster = logvar_c + (logvar.exp().unsqueeze(1) + (mu.unsqueeze(1) - self.mu_c.float()).pow(2)) * (
+                torch.exp(-logvar_c)
+            )  # [B, K, D]
+            gaussian = 0.5 * (gamma.unsqueeze(-1) * per_cluster).sum(1) - 0.5 * (1.0 + logvar)
         log_pc = torch.log_softmax(self.pi_logits.float(), 0)
         categorical = (gamma * (torch.log(gamma.clamp_min(1e-12)) - log_pc)).sum(-1)
-        return gaussian + categorical.unsqueeze(-1) / mu.shape[-1]
+        return gaussian + categorical.unsqueeze(-1) / d
 
     @torch.no_grad()
     def cluster(self, batch: ImageBatch) -> Tensor:
@@ -249,8 +283,11 @@ class VaDE(ImageVAE):
     @torch.no_grad()
     def sample_cluster(self, c: int, n: int) -> Tensor:
         """Pixel probabilities of n images generated from component c. -> [n, 784]."""
-        std = torch.exp(0.5 * bound_logvar(self.logvar_c[c]))
-        z = self.mu_c[c] + std * torch.randn(n, self.latent_dim, device=self.mu_c.device)
+        noise = torch.randn(n, self.latent_dim, device=self.mu_c.device)
+        if self.full:
+            z = self.mu_c[c] + noise @ self._scale_tril()[c].T
+        else:
+            z = self.mu_c[c] + torch.exp(0.5 * bound_logvar(self.logvar_c[c])) * noise
         return torch.sigmoid(self.decode_logits(z.unsqueeze(1), None))[:, 0]
 
 

@@ -92,9 +92,9 @@ def image_report(split: ImageSplit, run_dir: Path, device: torch.device, seed: i
 
 
 def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device, seed: int):
-    """VaDE's end of pretraining: fit a diagonal GMM (scikit-learn) on the training posterior means and
-    copy its weights, means and variances into the prior (after squared-error pretraining, the output
-    layer's grey levels become logits first: ImageVAE.output_to_logits)."""
+    """VaDE's end of pretraining: fit a GMM (scikit-learn; diagonal or full, as the prior) on the training
+    posterior means and copy its weights, means and (co)variances into the prior (after squared-error
+    pretraining, the output layer's grey levels become logits first: ImageVAE.output_to_logits)."""
 
     def init(model: nn.Module) -> None:
         from sklearn.mixture import GaussianMixture
@@ -107,8 +107,9 @@ def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device
             mus = [model.encode(split.collate(b).to(device))[0].float().cpu() for b in split.ordered(batch_size)]
         model.train(was_training)
         features = torch.cat(mus).double().numpy()
+        kind = "full" if model.full else "diag"
         gmm = GaussianMixture(
-            model.mu_c.shape[0], covariance_type="diag", random_state=seed, reg_covar=1e-5, n_init=5
+            model.mu_c.shape[0], covariance_type=kind, random_state=seed, reg_covar=1e-5, n_init=5
         )  # the best of 5 k-means-initialized fits, by likelihood
         gmm.fit(features)
         model.init_mixture(*(torch.as_tensor(v, dtype=torch.float32) for v in (gmm.weights_, gmm.means_,

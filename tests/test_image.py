@@ -153,11 +153,17 @@ def test_iwae_training_loss_is_the_importance_weighted_bound_with_gradients_thro
         config_lib.from_dict({"objective": {"iw_samples": 5, "free_bits": 0.5}})
 
 
-def test_vade_kl_matches_a_direct_monte_carlo_estimate():
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_vade_kl_matches_a_direct_monte_carlo_estimate(covariance):
     torch.manual_seed(0)
-    model = VaDE(config_lib.ModelConfig(name="vade", hidden_sizes="16", latent_dim=2, num_clusters=3))
+    model = VaDE(config_lib.ModelConfig(name="vade", hidden_sizes="16", latent_dim=2, num_clusters=3,
+                                        mixture_covariance=covariance))  # fmt: skip
+    variances = torch.rand(3, 2) + 0.3
+    if covariance == "full":  # correlated components: [[v1, r], [r, v2]] with |r| < sqrt(v1 v2)
+        r = 0.6 * (variances[:, 0] * variances[:, 1]).sqrt() * torch.tensor([1.0, -1.0, 0.5])
+        variances = torch.stack([torch.stack([variances[:, 0], r], -1), torch.stack([r, variances[:, 1]], -1)], -2)
     with torch.no_grad():
-        model.init_mixture(torch.tensor([0.2, 0.3, 0.5]), torch.randn(3, 2), torch.rand(3, 2) + 0.3)
+        model.init_mixture(torch.tensor([0.2, 0.3, 0.5]), torch.randn(3, 2), variances)
         batch = ImageBatch(torch.bernoulli(torch.full((4, 784), 0.3)), torch.zeros(4, dtype=torch.long))
         mu, logvar = model.encode(batch)
         z0 = torch.randn(4, 1, 2)  # fixes q(c|x) = p(c|z0)
@@ -166,9 +172,13 @@ def test_vade_kl_matches_a_direct_monte_carlo_estimate():
         # direct: E_{z ~ q(z|x)} sum_c gamma_c [log q(z|x) + log gamma_c - log p(c) - log p(z|c)]
         z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * torch.randn(4, 200_000, 2)
         log_q = log_normal(z, mu.unsqueeze(1), logvar.unsqueeze(1))  # [B, S]
-        log_pz_c = log_normal(z.unsqueeze(2), model.mu_c, model.logvar_c)  # [B, S, K]
+        covariance_matrices = variances if covariance == "full" else torch.diag_embed(variances)
+        log_pz_c = torch.distributions.MultivariateNormal(model.mu_c, covariance_matrices).log_prob(z.unsqueeze(2))
         log_pc = torch.log_softmax(model.pi_logits, 0)
         direct = (gamma.unsqueeze(1) * (log_q.unsqueeze(-1) + gamma.log().unsqueeze(1) - log_pc - log_pz_c)).sum(-1)
+        exact_gamma = torch.softmax(log_pc + torch.distributions.MultivariateNormal(
+            model.mu_c, covariance_matrices).log_prob(z0[:, 0].unsqueeze(1)), -1)  # fmt: skip
+    assert torch.allclose(gamma, exact_gamma, atol=1e-5)
     assert torch.allclose(kl, direct.mean(1), atol=0.03), (kl, direct.mean(1))
 
 
@@ -178,6 +188,18 @@ def test_vade_prior_is_the_mixture_density():
     z = torch.tensor([[[1.0, 1.0]]])
     expected = math.log(0.25 * math.exp(-1.0) / (2 * math.pi) + 0.75 * math.exp(-0.5 * (1 + 4)) / (2 * math.pi))
     assert abs(float(model.log_prior(None, z).detach()) - expected) < 1e-5
+    # full covariance: the same mixture with identity matrices, then a sample's spread matches its covariance
+    full = VaDE(config_lib.ModelConfig(name="vade", hidden_sizes="8", latent_dim=2, num_clusters=2,
+                                       mixture_covariance="full"))  # fmt: skip
+    full.init_mixture(torch.tensor([0.25, 0.75]), torch.tensor([[0.0, 0.0], [2.0, -1.0]]), torch.eye(2).expand(2, 2, 2))
+    assert abs(float(full.log_prior(None, z).detach()) - expected) < 1e-5
+    covariance = torch.tensor([[1.0, 0.8], [0.8, 2.0]])
+    full.init_mixture(torch.tensor([0.5, 0.5]), torch.zeros(2, 2), covariance.expand(2, 2, 2))
+    assert torch.allclose(
+        full._scale_tril() @ full._scale_tril().transpose(-1, -2), covariance.expand(2, 2, 2), atol=1e-5
+    )
+    with pytest.raises(UserError, match="mixture_covariance"):
+        config_lib.load(IMAGE_CONFIGS / "vae_mnist.yaml", ["model.mixture_covariance=full"])
 
 
 def test_hungarian_accuracy():
@@ -235,6 +257,16 @@ def test_vade_pretrains_fits_the_mixture_and_resumes_exactly(mnist_dir, tmp_path
     torch.manual_seed(0)
     fresh = VaDE(_config("vade_mnist.yaml", mnist_dir, *extra).model)
     assert not torch.allclose(fresh.mu_c, straight["model"]["mu_c"])
+
+
+def test_full_covariance_vade_fits_a_full_mixture_and_trains(mnist_dir, tmp_path):
+    extra = ("model.hidden_sizes=32,64", "objective.pretrain_steps=8", "train.eval_every=4",
+             "model.mixture_covariance=full", "train.max_steps=12")  # fmt: skip
+    train(_config("vade_mnist.yaml", mnist_dir, *extra), tmp_path / "full")
+    state = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)["model"]
+    assert state["tril_c"].tril(-1).abs().sum() > 0  # off-diagonal terms from the fitted full covariances
+    records = [json.loads(line) for line in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["metrics"]["nelbo"]) and 0.0 <= r["metrics"]["acc"] <= 1.0 for r in records)
 
 
 def test_image_config_errors_are_one_line(mnist_dir):

@@ -52,6 +52,7 @@ class ModelConfig:
     condition: str = "label"  # image_cvae: label (one-hot digit) | quadrants (Sohn et al.: predict the missing ones)
     quadrants_given: int = 1  # image_cvae with condition quadrants: 1, 2 or 3 quadrants are observed
     num_clusters: int = 10  # vade: mixture components of the prior
+    mixture_covariance: str = "diag"  # vade: diag (the paper's) | full (a Cholesky factor per component)
     flow: str = "none"  # posterior flow on the Gaussian q(z|x): none | planar | iaf (textvae/core/flows.py)
     flow_layers: int = 2  # flow layers when model.flow is not none
     flow_hidden: int = 64  # IAF: width of each layer's masked (MADE) hidden layer
@@ -139,6 +140,7 @@ _CHOICES = {
     ("model", "init"): ("default", "xavier"),
     ("model", "flow"): ("none", "planar", "iaf"),
     ("model", "pretrain_loss"): ("likelihood", "mse"),
+    ("model", "mixture_covariance"): ("diag", "full"),
     ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
     ("objective", "free_bits_mode"): ("dim", "vector"),
     ("optim", "name"): ("adam", "sgd"),
@@ -259,6 +261,8 @@ def validate(config: Config) -> Config:
                         "which a flow posterior does not have (use free_bits_mode=vector, a target KL)")  # fmt: skip
     if model.pretrain_loss != "likelihood" and (model.name not in IMAGE_MODELS or model.architecture != "mlp"):
         raise UserError("config key model.pretrain_loss: mse is for the image MLPs")
+    if model.mixture_covariance != "diag" and model.name != "vade":
+        raise UserError("config key model.mixture_covariance: a mixture prior is VaDE's (model.name: vade)")
     if model.name in IMAGE_MODELS:
         if model.quadrants_given not in (1, 2, 3):
             raise UserError(f"config key model.quadrants_given: must be 1, 2 or 3, got {model.quadrants_given}")
