@@ -137,15 +137,18 @@ class ImageSplit:
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def ordered(self, batch_size: int) -> list[list[int]]:
-        if self._binary is None:  # a dynamic split asked for in order before any epoch: one fixed draw
+    def _fix_binary(self) -> None:
+        """A dynamic split asked for in order (or in part) before any epoch: one fixed draw."""
+        if self._binary is None:
             self._binary = self._binarize(FIXED_BINARIZATION_SEED)
+
+    def ordered(self, batch_size: int) -> list[list[int]]:
+        self._fix_binary()
         return [list(range(i, min(i + batch_size, len(self)))) for i in range(0, len(self), batch_size)]
 
     def subset(self, indices: list[int]) -> ImageSplit:
         """The images at `indices` with their labels and fixed binarization (to evaluate part of a split)."""
-        if self._binary is None:  # as in ordered(): the fixed draw of a dynamic split
-            self._binary = self._binarize(FIXED_BINARIZATION_SEED)
+        self._fix_binary()
         part = copy.copy(self)
         index = torch.tensor(indices, dtype=torch.long)
         part.grey, part.labels, part._binary = self.grey[index], self.labels[index], self._binary[index]

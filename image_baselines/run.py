@@ -91,6 +91,16 @@ def image_report(split: ImageSplit, run_dir: Path, device: torch.device, seed: i
     return report
 
 
+def posterior_means(model: nn.Module, split: ImageSplit, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The encoder's mean for every image of a split, in order, on the CPU in fp32. -> [N, D]."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        mus = [model.encode(split.collate(b).to(device))[0].float().cpu() for b in split.ordered(batch_size)]
+    model.train(was_training)
+    return torch.cat(mus)
+
+
 def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device, seed: int):
     """VaDE's end of pretraining: fit a GMM (scikit-learn; diagonal or full, as the prior) on the training
     posterior means and copy its weights, means and (co)variances into the prior (after squared-error
@@ -101,12 +111,7 @@ def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device
 
         if model.pretrain_mse:
             model.output_to_logits()
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            mus = [model.encode(split.collate(b).to(device))[0].float().cpu() for b in split.ordered(batch_size)]
-        model.train(was_training)
-        features = torch.cat(mus).double().numpy()
+        features = posterior_means(model, split, batch_size, device).double().numpy()
         kind = "full" if model.full else "diag"
         gmm = GaussianMixture(
             model.mu_c.shape[0], covariance_type=kind, random_state=seed, reg_covar=1e-5, n_init=5

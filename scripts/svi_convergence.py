@@ -21,12 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from textvae.core.evaluation import spread  # noqa: E402
 from textvae.core.gaps import inference_gaps  # noqa: E402
-from textvae.data.batching import TextSplit  # noqa: E402
-from textvae.data.corpus import load_corpus  # noqa: E402
 from textvae.errors import UserError  # noqa: E402
-from textvae.pipeline import load_run  # noqa: E402
+from textvae.pipeline import load_run, split_batches  # noqa: E402
 
 
 def setting(text: str) -> tuple[int, int, float]:
@@ -53,11 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    sentences = load_corpus(run.config.data.corpus, run.config.data.holdout).splits["test"]
-    data = TextSplit([sentences[i] for i in spread(len(sentences), args.examples)], run.tokenizer,
-                     run.config.data.max_length)  # fmt: skip
-    batches = [data.collate(b) for b in data.ordered(run.config.train.eval_batch_size)]
-    print(f"{args.run_dir}: {len(data)} test sentences, ELBOs by {args.elbo_samples} draws, {args.precision}")
+    batches = split_batches(run, "test", args.examples)
+    sentences = sum(batch.size for batch in batches)
+    print(f"{args.run_dir}: {sentences} test sentences, ELBOs by {args.elbo_samples} draws, {args.precision}")
     print(f"{'steps':>6} {'samples':>7} {'lr':>6} {'amortized':>10} {'refined':>10} {'gain':>7} {'seconds':>8}")
     for steps, samples, lr in args.setting:
         start = time.perf_counter()

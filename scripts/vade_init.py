@@ -23,15 +23,9 @@ import torch  # noqa: E402
 
 from image_baselines.data import load_mnist  # noqa: E402
 from image_baselines.metrics import cluster_accuracy, nmi  # noqa: E402
-from image_baselines.run import load_image_run  # noqa: E402
+from image_baselines.run import load_image_run, posterior_means  # noqa: E402
 from textvae import config as config_lib  # noqa: E402
 from textvae.errors import UserError  # noqa: E402
-
-
-def posterior_means(model, split, batch_size: int, device) -> np.ndarray:
-    with torch.no_grad():
-        parts = [model.encode(split.collate(b).to(device))[0].float().cpu() for b in split.ordered(batch_size)]
-    return torch.cat(parts).double().numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     splits = load_mnist(config.data.corpus, config.data.holdout, binarize=config.data.binarize == "dynamic")
-    train_x = posterior_means(model, splits["train"], config.train.eval_batch_size, device)
-    test_x = posterior_means(model, splits["test"], config.train.eval_batch_size, device)
+    train_x, test_x = (posterior_means(model, splits[name], config.train.eval_batch_size, device).double().numpy()
+                       for name in ("train", "test"))  # fmt: skip
     train_y, test_y = splits["train"].labels, splits["test"].labels
     center = train_x.mean(0)
     _, _, axes = np.linalg.svd(train_x - center, full_matrices=False)  # rows: principal directions

@@ -200,6 +200,17 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
     return TextRun(config, tokenizer, model, {}, device, state["position"]["step"])
 
 
+def split_batches(run: TextRun, split: str, max_examples: int | None = None) -> list[Any]:
+    """A split of the run's corpus (or `max_examples` sentences spread evenly over it) in evaluation batches."""
+    corpus = load_corpus(run.config.data.corpus, run.config.data.holdout)
+    if split not in corpus.splits:
+        raise UserError(f"split {split!r} not in corpus (have: {', '.join(corpus.splits)})")
+    sentences = corpus.splits[split]
+    data = TextSplit([sentences[i] for i in spread(len(sentences), max_examples)], run.tokenizer,
+                     run.config.data.max_length)  # fmt: skip
+    return [data.collate(b) for b in data.ordered(run.config.train.eval_batch_size)]
+
+
 def evaluate_run(
     run_dir: Path,
     split: str,
@@ -219,13 +230,7 @@ def evaluate_run(
 
             return evaluate_image_run(run_dir, config, split, iw_samples, precision, gaps, max_examples)
     run = load_run(run_dir)
-    corpus = load_corpus(run.config.data.corpus, run.config.data.holdout)
-    if split not in corpus.splits:
-        raise UserError(f"split {split!r} not in corpus (have: {', '.join(corpus.splits)})")
-    sentences = corpus.splits[split]
-    sentences = [sentences[i] for i in spread(len(sentences), max_examples)]
-    data = TextSplit(sentences, run.tokenizer, run.config.data.max_length)
-    batches = [data.collate(b) for b in data.ordered(run.config.train.eval_batch_size)]
+    batches = split_batches(run, split, max_examples)
     metrics = evaluate(run.model, batches, iw_samples, run.device, precision, ppl_unit=ppl_unit(run.tokenizer))
     metrics["split"] = split
     metrics["checkpoint_step"] = run.step

@@ -12,6 +12,11 @@ from textvae.core.gaussian import log_normal, reparameterize
 from textvae.core.objective import LatentModel, log_prior
 
 
+def iw_chunk(num_samples: int, footprint: int, token_budget: int) -> int:
+    """Importance samples per decoder pass, so that about `token_budget` tokens (pixels) go through at once."""
+    return max(1, min(num_samples, token_budget // max(1, footprint)))
+
+
 def iw_log_weights(model: LatentModel, batch, mu: Tensor, logvar: Tensor, num_samples: int, chunk: int) -> Tensor:
     """log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x), and log p(x|z_k).
 

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from textvae.core import distributed
 from textvae.core.device import autocast
-from textvae.core.estimators import active_units, iw_log_likelihood, iw_log_weights, mutual_information
+from textvae.core.estimators import active_units, iw_chunk, iw_log_likelihood, iw_log_weights, mutual_information
 from textvae.core.gaussian import reparameterize
 from textvae.core.objective import LatentModel, kl_divergence, monte_carlo_kl_per_dim
 
@@ -57,7 +57,7 @@ def evaluate(
                     rec, kl, nll = -log_px, torch.zeros_like(log_px), -log_px
                 else:
                     mu, logvar = model.encode(batch)
-                    chunk = max(1, min(iw_samples, token_budget // max(1, batch.footprint)))
+                    chunk = iw_chunk(iw_samples, batch.footprint, token_budget)
                     log_w, log_px_z, log_ratio = iw_log_weights(model, batch, mu, logvar, iw_samples, chunk)
                     rec = -log_px_z.mean(1)  # E_q[-log p(x|z)], averaged over the K samples
                     if flow:  # no closed form: the K draws' log q(z|x) - log p(z)

@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from textvae.core.device import autocast
-from textvae.core.estimators import iw_log_likelihood, iw_log_weights
+from textvae.core.estimators import iw_chunk, iw_log_likelihood, iw_log_weights
 from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import bound_logvar, reparameterize
 from textvae.core.objective import LatentModel, kl_divergence, log_prior
@@ -96,7 +96,7 @@ def inference_gaps(
                 with torch.no_grad(), autocast(device, precision):
                     refined += float(elbo_at(model, batch, mu_star, logvar_star, elbo_samples).sum())
                     if iw_samples:
-                        chunk = max(1, min(iw_samples, token_budget // max(1, batch.footprint)))
+                        chunk = iw_chunk(iw_samples, batch.footprint, token_budget)
                         log_w = iw_log_weights(model, batch, mu_star, logvar_star, iw_samples, chunk)[0]
                         refined_log_px += float(iw_log_likelihood(log_w).sum())
                 examples += batch.size
