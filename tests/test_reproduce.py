@@ -34,6 +34,8 @@ def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_co
     assert "kl_schedule: constant" in config and "free_bits: 0.0" in config
     assert "aggressive: true" in (runs / "aggressive" / "config.yaml").read_text()
     assert "bow_weight: 1.0" in (runs / "bow" / "config.yaml").read_text()
+    assert all("batch_size: 64" in (runs / name / "config.yaml").read_text() for name in names)  # the suite's
+    assert "with train.batch_size=64" in text
     lm = json.loads((runs / "lm" / "test_iw2.json").read_text())
     assert lm["kl"] == 0.0 and lm["nll"] == pytest.approx(lm["nelbo"])
 
