@@ -104,7 +104,8 @@ def posterior_means(model: nn.Module, split: ImageSplit, batch_size: int, device
 def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device, seed: int):
     """VaDE's end of pretraining: fit a GMM (scikit-learn; diagonal or full, as the prior) on the training
     posterior means and copy its weights, means and (co)variances into the prior (after squared-error
-    pretraining, the output layer's grey levels become logits first: ImageVAE.output_to_logits)."""
+    pretraining, the output layer's grey levels become logits first: ImageVAE.output_to_logits); q(z|x)
+    starts narrow, a tenth of the code's spread (ImageVAE.narrow_posterior)."""
 
     def init(model: nn.Module) -> None:
         from sklearn.mixture import GaussianMixture
@@ -119,6 +120,7 @@ def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device
         gmm.fit(features)
         model.init_mixture(*(torch.as_tensor(v, dtype=torch.float32) for v in (gmm.weights_, gmm.means_,
                                                                                gmm.covariances_)))  # fmt: skip
+        model.narrow_posterior(torch.as_tensor(features.var(0), dtype=torch.float32))
         model.to(device)
         log.info("GMM prior initialized on %d pretrained posterior means", features.shape[0])
 

@@ -13,6 +13,7 @@ import torch
 from image_baselines.data import ImageBatch, ImageSplit, load_mnist, quadrant_mask, read_idx
 from image_baselines.metrics import cluster_accuracy
 from image_baselines.models import VaDE, build_image_model
+from image_baselines.run import posterior_means
 from textvae import config as config_lib
 from textvae.cli import main
 from textvae.core.estimators import iw_log_likelihood, iw_log_weights
@@ -317,3 +318,32 @@ def test_xavier_init_and_squared_error_pretraining():
     assert torch.allclose(model.decode_logits(mu.unsqueeze(1), None)[:, 0], 10 * (out - 0.5), atol=1e-4)
     with pytest.raises(UserError, match="pretrain_loss"):
         config_lib.from_dict({"model": {"name": "lstm_vae", "pretrain_loss": "mse"}})
+
+
+def test_narrow_posterior_starts_q_at_a_tenth_of_the_codes_spread():
+    config = config_lib.ModelConfig(name="vade", hidden_sizes="50,40", activation="relu", latent_dim=3,
+                                    init="xavier", pretrain_loss="mse")  # fmt: skip
+    torch.manual_seed(0)
+    model = build_image_model(config)
+    batch = ImageBatch(torch.rand(6, 784), torch.zeros(6, dtype=torch.long))
+    mu_before, logvar_before = model.encode(batch)
+    assert logvar_before.std() > 0  # as initialized, the log-variance depends on x
+    variance = torch.tensor([0.25, 1.0, 4.0])
+    model.narrow_posterior(variance)
+    mu, logvar = model.encode(batch)
+    assert torch.equal(mu, mu_before)  # the code itself is untouched
+    assert torch.allclose(logvar, (0.01 * variance).log().expand(6, 3), atol=1e-6)  # for every x
+
+
+def test_vade_phase_starts_from_the_narrow_posterior(mnist_dir, tmp_path):
+    extra = ("model.hidden_sizes=32,64", "objective.pretrain_steps=8", "train.max_steps=8")
+    config = _config("vade_mnist.yaml", mnist_dir, *extra)
+    train(config, tmp_path / "run")
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model"]
+    d = config.model.latent_dim
+    assert not state["posterior.weight"][d:].any()  # the hook ran at the last step: q(z|x) is narrow
+    model = VaDE(config.model)
+    model.load_state_dict(state)
+    splits = load_mnist(config.data.corpus, config.data.holdout, binarize=False)
+    means = posterior_means(model, splits["train"], 64, torch.device("cpu"))
+    assert torch.allclose(state["posterior.bias"][d:].exp(), 0.01 * means.double().var(0, correction=0).float(), rtol=1e-3)
