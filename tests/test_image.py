@@ -346,4 +346,5 @@ def test_vade_phase_starts_from_the_narrow_posterior(mnist_dir, tmp_path):
     model.load_state_dict(state)
     splits = load_mnist(config.data.corpus, config.data.holdout, binarize=False)
     means = posterior_means(model, splits["train"], 64, torch.device("cpu"))
-    assert torch.allclose(state["posterior.bias"][d:].exp(), 0.01 * means.double().var(0, correction=0).float(), rtol=1e-3)
+    variance = means.double().var(0, correction=0).float()
+    assert torch.allclose(state["posterior.bias"][d:].exp(), 0.01 * variance, rtol=1e-3)
