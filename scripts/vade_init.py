@@ -4,7 +4,7 @@ several kinds fitted (scikit-learn) on the training posterior means, scored by H
     textvae train configs/image/vade_mnist.yaml --run-dir runs/vade --set train.max_steps=12000  # pretraining only
     python scripts/vade_init.py runs/vade
 
-Rows: the diagonal mixture VaDE initializes its prior with; the same on the code rotated to its principal
+Rows: the diagonal mixture the paper's VaDE initializes its prior with; the same on the code rotated to its principal
 axes (a rotation the encoder's last layer could absorb); a full-covariance mixture; k-means. Every fit is
 the best of --n-init by its own criterion (likelihood; inertia for k-means): no labels are used to choose.
 """
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     k = config.model.num_clusters
     fits = {
-        "diagonal GMM (VaDE's init)": (GaussianMixture(k, covariance_type="diag", reg_covar=1e-5,
+        "diagonal GMM (the paper's init)": (GaussianMixture(k, covariance_type="diag", reg_covar=1e-5,
                                                        n_init=args.n_init, random_state=args.seed), None),
         "diagonal GMM, principal axes": (GaussianMixture(k, covariance_type="diag", reg_covar=1e-5,
                                                          n_init=args.n_init, random_state=args.seed), rotate),
