@@ -6,6 +6,7 @@ conditional prior and VaDE's mixture prior add `log_prior(batch, z)` and `kl_div
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -88,6 +89,7 @@ class ImageVAE(nn.Module):
         self.conv = config.architecture == "conv"
         self.posterior = nn.Linear(sizes[-1], 2 * config.latent_dim)
         self.pretrain_mse = config.pretrain_loss == "mse"
+        self.pretrain_dropout = config.pretrain_dropout
         if config.init == "xavier":
             for layer in self.modules():
                 if isinstance(layer, nn.Linear):
@@ -138,6 +140,14 @@ class ImageVAE(nn.Module):
         d = self.latent_dim
         self.posterior.weight[d:].zero_()
         self.posterior.bias[d:].copy_((fraction * code_variance.to(self.posterior.bias)).clamp_min(1e-8).log())
+
+    def autoencoder_encode(self, batch: ImageBatch) -> tuple[Tensor, Tensor]:
+        """The pretraining phase's encoder: a denoising autoencoder's (DEC), which sees the image with
+        model.pretrain_dropout of its pixels dropped (and the rest scaled up) while it trains, the clean one in
+        evaluation; the reconstruction target stays the clean image."""
+        if self.training and self.pretrain_dropout > 0:
+            batch = dataclasses.replace(batch, x=F.dropout(batch.x, self.pretrain_dropout))
+        return self.encode(batch)
 
     def autoencoder_log_likelihood(self, batch: ImageBatch, z: Tensor) -> Tensor:
         """The pretraining phase's reconstruction term: with model.pretrain_loss mse, -1/2 the squared error
@@ -221,6 +231,7 @@ class VaDE(ImageVAE):
         super().__init__(config)
         k, d = config.num_clusters, config.latent_dim
         self.full = config.mixture_covariance == "full"
+        self.mixture_init = config.mixture_init
         self.pi_logits = nn.Parameter(torch.zeros(k))
         self.mu_c = nn.Parameter(torch.randn(k, d))
         self.logvar_c = nn.Parameter(torch.zeros(k, d))  # full: log of L_c's squared diagonal

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -102,10 +103,11 @@ def posterior_means(model: nn.Module, split: ImageSplit, batch_size: int, device
 
 
 def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device, seed: int):
-    """VaDE's end of pretraining: fit a GMM (scikit-learn; diagonal or full, as the prior) on the training
-    posterior means and copy its weights, means and (co)variances into the prior (after squared-error
-    pretraining, the output layer's grey levels become logits first: ImageVAE.output_to_logits); q(z|x)
-    starts narrow, a tenth of the code's spread (ImageVAE.narrow_posterior)."""
+    """VaDE's end of pretraining: initialize the mixture prior on the training posterior means and copy its
+    weights, means and (co)variances (diagonal or full, as the prior) into the model. model.mixture_init gmm (the
+    paper's) fits a GMM (scikit-learn) on the means; umap takes the clusters of `manifold_clusters` and the
+    Gaussian of each cluster's means. After squared-error pretraining the output layer's grey levels become logits
+    first (ImageVAE.output_to_logits); q(z|x) starts narrow, a tenth of the code's spread (narrow_posterior)."""
 
     def init(model: nn.Module) -> None:
         from sklearn.mixture import GaussianMixture
@@ -113,18 +115,54 @@ def mixture_initializer(split: ImageSplit, batch_size: int, device: torch.device
         if model.pretrain_mse:
             model.output_to_logits()
         features = posterior_means(model, split, batch_size, device).double().numpy()
-        kind = "full" if model.full else "diag"
-        gmm = GaussianMixture(
-            model.mu_c.shape[0], covariance_type=kind, random_state=seed, reg_covar=1e-5, n_init=5
-        )  # the best of 5 k-means-initialized fits, by likelihood
-        gmm.fit(features)
-        model.init_mixture(*(torch.as_tensor(v, dtype=torch.float32) for v in (gmm.weights_, gmm.means_,
-                                                                               gmm.covariances_)))  # fmt: skip
+        kind, k = ("full" if model.full else "diag"), model.mu_c.shape[0]
+        if model.mixture_init == "umap":
+            weights, means, covariances = mixture_of_clusters(features, manifold_clusters(features, k, seed), k, kind)
+        else:
+            gmm = GaussianMixture(k, covariance_type=kind, random_state=seed, reg_covar=1e-5, n_init=5)
+            gmm.fit(features)  # the best of 5 k-means-initialized fits, by likelihood
+            weights, means, covariances = gmm.weights_, gmm.means_, gmm.covariances_
+        model.init_mixture(*(torch.as_tensor(v, dtype=torch.float32) for v in (weights, means, covariances)))
         model.narrow_posterior(torch.as_tensor(features.var(0), dtype=torch.float32))
         model.to(device)
-        log.info("GMM prior initialized on %d pretrained posterior means", features.shape[0])
+        log.info("mixture prior initialized (%s) on %d pretrained posterior means", model.mixture_init, len(features))
 
     return init
+
+
+def manifold_clusters(features: np.ndarray, k: int, seed: int, neighbors: int = 20) -> np.ndarray:
+    """N2D (McConville et al. 2020): cluster the local manifold of an autoencoder's code. UMAP (umap-learn) embeds
+    the codes [N, D] in k dimensions (20 neighbours, min_dist 0: tight clusters), then a full-covariance GMM
+    (the best of 5 fits, by likelihood) clusters the embedding. -> [N] labels in [0, k)."""
+    from sklearn.mixture import GaussianMixture
+
+    try:
+        import umap
+    except ImportError as error:
+        raise UserError("model.mixture_init umap needs umap-learn: pip install umap-learn") from error
+    reducer = umap.UMAP(n_components=k, n_neighbors=min(neighbors, len(features) - 1), min_dist=0.0,
+                        random_state=seed)  # fmt: skip
+    embedding = reducer.fit_transform(features)
+    gmm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-5, n_init=5)
+    return gmm.fit(embedding).predict(embedding)
+
+
+def mixture_of_clusters(
+    features: np.ndarray, labels: np.ndarray, k: int, kind: str, reg: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mixture whose component c is the Gaussian (maximum likelihood, plus `reg` on the diagonal) of the
+    features labelled c, weighted by its share: one M step of EM from hard labels. A cluster with fewer than two
+    members gets the whole data's Gaussian. -> weights [k], means [k, D], covariances [k, D, D] (full) or [k, D]."""
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    weights = np.maximum(counts, 1.0) / np.maximum(counts, 1.0).sum()
+    means, covariances = [], []
+    for c in range(k):
+        members = features[labels == c] if counts[c] >= 2 else features
+        centered = members - members.mean(0)
+        covariance = centered.T @ centered / len(members) + reg * np.eye(features.shape[1])
+        means.append(members.mean(0))
+        covariances.append(covariance if kind == "full" else np.diag(covariance))
+    return weights, np.stack(means), np.stack(covariances)
 
 
 def train_image(config: Config, run_dir: Path, device: torch.device | None) -> dict[str, Any] | None:

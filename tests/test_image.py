@@ -320,6 +320,32 @@ def test_xavier_init_and_squared_error_pretraining():
         config_lib.from_dict({"model": {"name": "lstm_vae", "pretrain_loss": "mse"}})
 
 
+def test_denoising_pretraining_encodes_a_corrupted_image_and_reconstructs_the_clean_one():
+    config = config_lib.ModelConfig(name="vade", hidden_sizes="50,40", activation="relu", latent_dim=3,
+                                    init="xavier", pretrain_loss="mse", pretrain_dropout=0.5)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_image_model(config)
+    batch = ImageBatch(torch.rand(8, 784), torch.zeros(8, dtype=torch.long))
+    torch.manual_seed(1)
+    loss = elbo(model, batch, kl_weight=0.0, sample=False).loss
+    torch.manual_seed(1)  # the same pixels dropped, by hand: the encoder sees them, the loss targets the clean x
+    corrupted = torch.nn.functional.dropout(batch.x, 0.5)
+    mu, _ = model.encode(ImageBatch(corrupted, batch.y))
+    expected = 0.5 * (model.decode_logits(mu.unsqueeze(1), None)[:, 0] - batch.x).pow(2).sum(-1).mean()
+    assert torch.allclose(loss, expected)
+    clean = 0.5 * (model.decode_logits(model.encode(batch)[0].unsqueeze(1), None)[:, 0] - batch.x).pow(2)
+    assert not torch.allclose(loss, clean.sum(-1).mean())  # the noise reached the encoder
+    model.eval()  # evaluation (and the mixture fit's codes) see the clean image
+    assert torch.allclose(elbo(model, batch, kl_weight=0.0, sample=False).loss, clean.sum(-1).mean())
+    model.train()
+    torch.manual_seed(2)
+    a = elbo(model, batch, kl_weight=0.0, sample=True).mu
+    assert torch.equal(a, model.encode(batch)[0])  # the VAE phase's encoder is not corrupted
+    for bad in ({"name": "vade", "pretrain_dropout": 1.0}, {"name": "lstm_vae", "pretrain_dropout": 0.2}):
+        with pytest.raises(UserError, match="pretrain_dropout"):
+            config_lib.from_dict({"model": bad})
+
+
 def test_narrow_posterior_starts_q_at_a_tenth_of_the_codes_spread():
     config = config_lib.ModelConfig(name="vade", hidden_sizes="50,40", activation="relu", latent_dim=3,
                                     init="xavier", pretrain_loss="mse")  # fmt: skip

@@ -53,12 +53,15 @@ class ModelConfig:
     quadrants_given: int = 1  # image_cvae with condition quadrants: 1, 2 or 3 quadrants are observed
     num_clusters: int = 10  # vade: mixture components of the prior
     mixture_covariance: str = "diag"  # vade: diag (the paper's) | full (a Cholesky factor per component)
+    mixture_init: str = "gmm"  # vade: gmm (the paper's: a GMM fitted on the pretrained means) | umap (the mixture of
+    # the clusters that UMAP + a GMM find on the code's manifold, N2D, McConville et al. 2020; needs umap-learn)
     flow: str = "none"  # posterior flow on the Gaussian q(z|x): none | planar | iaf (textvae/core/flows.py)
     flow_layers: int = 2  # flow layers when model.flow is not none
     flow_hidden: int = 64  # IAF: width of each layer's masked (MADE) hidden layer
     init: str = "default"  # image MLPs: default (torch's) | xavier (Glorot uniform weights, zero biases, as Keras)
     pretrain_loss: str = "likelihood"  # image models, objective.pretrain_steps: likelihood (the model's own) | mse
     # (squared error of the decoder's output layer, as DEC's autoencoder; a code that clusters better for VaDE)
+    pretrain_dropout: float = 0.0  # image models: drop this share of input pixels during pretraining (denoising)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ _CHOICES = {
     ("model", "flow"): ("none", "planar", "iaf"),
     ("model", "pretrain_loss"): ("likelihood", "mse"),
     ("model", "mixture_covariance"): ("diag", "full"),
+    ("model", "mixture_init"): ("gmm", "umap"),
     ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
     ("objective", "free_bits_mode"): ("dim", "vector"),
     ("optim", "name"): ("adam", "sgd"),
@@ -261,8 +265,12 @@ def validate(config: Config) -> Config:
                         "which a flow posterior does not have (use free_bits_mode=vector, a target KL)")  # fmt: skip
     if model.pretrain_loss != "likelihood" and (model.name not in IMAGE_MODELS or model.architecture != "mlp"):
         raise UserError("config key model.pretrain_loss: mse is for the image MLPs")
-    if model.mixture_covariance != "diag" and model.name != "vade":
-        raise UserError("config key model.mixture_covariance: a mixture prior is VaDE's (model.name: vade)")
+    if model.pretrain_dropout and (model.name not in IMAGE_MODELS or not 0 < model.pretrain_dropout < 1):
+        raise UserError(f"config key model.pretrain_dropout: a share in [0, 1) of pixels, for the image models, "
+                        f"got {model.pretrain_dropout} for {model.name}")  # fmt: skip
+    for key, default in (("mixture_covariance", "diag"), ("mixture_init", "gmm")):
+        if getattr(model, key) != default and model.name != "vade":
+            raise UserError(f"config key model.{key}: a mixture prior is VaDE's (model.name: vade)")
     if model.name in IMAGE_MODELS:
         if model.quadrants_given not in (1, 2, 3):
             raise UserError(f"config key model.quadrants_given: must be 1, 2 or 3, got {model.quadrants_given}")

@@ -107,7 +107,8 @@ def elbo(
         rec = -model.log_likelihood(batch, None)[:, 0]
         zeros = rec.new_zeros(rec.shape[0], 0)
         return ElboTerms(loss=rec.mean(), rec=rec, kl=rec.new_zeros(rec.shape), kl_per_dim=zeros, mu=None)
-    mu, logvar = model.encode(batch)
+    encode = model.encode if sample else getattr(model, "autoencoder_encode", model.encode)
+    mu, logvar = encode(batch)  # pretraining: a model may corrupt its input there (a denoising autoencoder)
     flow = getattr(model, "posterior_flow", None)
     if sample:
         z, log_q = sample_posterior(model, mu, logvar, iw_samples)  # [B, k, D], [B, k]
