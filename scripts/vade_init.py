@@ -5,8 +5,12 @@ several kinds fitted (scikit-learn) on the training posterior means, scored by H
     python scripts/vade_init.py runs/vade
 
 Rows: the diagonal mixture the paper's VaDE initializes its prior with; the same on the code rotated to its principal
-axes (a rotation the encoder's last layer could absorb); a full-covariance mixture; k-means. Every fit is
-the best of --n-init by its own criterion (likelihood; inertia for k-means): no labels are used to choose.
+axes (a rotation the encoder's last layer could absorb); a full-covariance mixture; k-means; the clusters that
+UMAP + a GMM find on the code's manifold (N2D, image_baselines.run.manifold_clusters) and the full and diagonal
+mixtures of those clusters' Gaussians (model.mixture_init umap: what the VaDE phase starts from; test images
+are scored by that mixture). Every fit is the best of --n-init by its own criterion (likelihood; inertia for
+k-means): no labels are used to choose. --restarts N also fits N single full-covariance GMMs (scikit-learn
+seeds 0..N-1) and prints the spread of their accuracy: how much of a GMM initialization is luck.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ import torch  # noqa: E402
 
 from image_baselines.data import load_mnist  # noqa: E402
 from image_baselines.metrics import cluster_accuracy, nmi  # noqa: E402
-from image_baselines.run import load_image_run, posterior_means  # noqa: E402
+from image_baselines.run import (  # noqa: E402
+    load_image_run,
+    manifold_clusters,
+    mixture_of_clusters,
+    posterior_means,
+)
 from textvae import config as config_lib  # noqa: E402
 from textvae.errors import UserError  # noqa: E402
 
@@ -34,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="last", choices=("last", "best"))
     parser.add_argument("--n-init", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--restarts", type=int, default=0, help="single full-covariance GMM fits to compare")
     args = parser.parse_args(argv)
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
@@ -74,7 +84,39 @@ def main(argv: list[str] | None = None) -> int:
         score = f"{estimator.score(fit_x):>10.3f}" if hasattr(estimator, "score_samples") else f"{'':>10}"
         print(f"{name:<30} {cluster_accuracy(train_y, train_c):>9.3f} {nmi(train_y, train_c):>9.3f} "
               f"{cluster_accuracy(test_y, test_c):>9.3f} {nmi(test_y, test_c):>9.3f} {score}")  # fmt: skip
+    labels = manifold_clusters(train_x, k, args.seed)
+    rows = [("UMAP + GMM clusters (N2D)", labels, None)]
+    for kind in ("full", "diag"):
+        mixture = mixture_of_clusters(train_x, labels, k, kind)
+        rows.append((f"  their Gaussians, {kind}", _assign(mixture, train_x), _assign(mixture, test_x)))
+    for name, train_c, test_c in rows:
+        train_c = torch.as_tensor(train_c)
+        test_part = f"{'':>19}"  # UMAP clusters only the training codes
+        if test_c is not None:
+            test_c = torch.as_tensor(test_c)
+            test_part = f"{cluster_accuracy(test_y, test_c):>9.3f} {nmi(test_y, test_c):>9.3f}"
+        print(f"{name:<30} {cluster_accuracy(train_y, train_c):>9.3f} {nmi(train_y, train_c):>9.3f} {test_part}")
+    if args.restarts:
+        runs = []
+        for seed in range(args.restarts):
+            fit = GaussianMixture(k, covariance_type="full", reg_covar=1e-5, random_state=seed).fit(train_x)
+            runs.append((fit.score(train_x), cluster_accuracy(train_y, torch.as_tensor(fit.predict(train_x)))))
+        accuracy = sorted(a for _, a in runs)
+        print(
+            f"{args.restarts} single full-covariance GMM fits, train accuracy: min {accuracy[0]:.3f}, median "
+            f"{accuracy[len(accuracy) // 2]:.3f}, max {accuracy[-1]:.3f}; the most likely fit's: {max(runs)[1]:.3f}"
+        )
     return 0
+
+
+def _assign(mixture: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Each row's most probable component under (weights, means, covariances: [K, D, D] or variances [K, D])."""
+    from scipy.stats import multivariate_normal
+
+    weights, means, covariances = mixture
+    log_joint = [np.log(w) + multivariate_normal(m, c if c.ndim == 2 else np.diag(c)).logpdf(x)
+                 for w, m, c in zip(weights, means, covariances)]  # fmt: skip
+    return np.stack(log_joint, -1).argmax(-1)
 
 
 if __name__ == "__main__":

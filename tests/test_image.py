@@ -7,13 +7,14 @@ import math
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from image_baselines.data import ImageBatch, ImageSplit, load_mnist, quadrant_mask, read_idx
 from image_baselines.metrics import cluster_accuracy
 from image_baselines.models import VaDE, build_image_model
-from image_baselines.run import posterior_means
+from image_baselines.run import manifold_clusters, mixture_of_clusters, posterior_means
 from textvae import config as config_lib
 from textvae.cli import main
 from textvae.core.estimators import iw_log_likelihood, iw_log_weights
@@ -262,12 +263,59 @@ def test_vade_pretrains_fits_the_mixture_and_resumes_exactly(mnist_dir, tmp_path
 
 def test_full_covariance_vade_fits_a_full_mixture_and_trains(mnist_dir, tmp_path):
     extra = ("model.hidden_sizes=32,64", "objective.pretrain_steps=8", "train.eval_every=4",
-             "model.mixture_covariance=full", "train.max_steps=12")  # fmt: skip
-    train(_config("vade_mnist.yaml", mnist_dir, *extra), tmp_path / "full")
+             "model.mixture_covariance=full", "model.mixture_init=gmm", "train.max_steps=12")  # fmt: skip
+    train(_config("vade_mnist.yaml", mnist_dir, *extra), tmp_path / "full")  # the paper's GMM fit on the code
     state = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)["model"]
     assert state["tril_c"].tril(-1).abs().sum() > 0  # off-diagonal terms from the fitted full covariances
     records = [json.loads(line) for line in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["metrics"]["nelbo"]) and 0.0 <= r["metrics"]["acc"] <= 1.0 for r in records)
+
+
+def test_mixture_of_clusters_is_each_clusters_gaussian():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(60, 3))
+    labels = np.repeat([0, 1, 2], [30, 20, 10])
+    labels[-1] = 3  # a cluster of one member: it gets the whole data's Gaussian
+    weights, means, covariances = mixture_of_clusters(features, labels, 5, "full", reg=0.0)
+    assert np.allclose(weights, np.array([30, 20, 9, 1, 1]) / 61)  # an empty cluster counts as one member
+    for c, members in enumerate((features[:30], features[30:50], features[50:59], features, features)):
+        assert np.allclose(means[c], members.mean(0))
+        assert np.allclose(covariances[c], np.cov(members.T, bias=True))
+    _, _, variances = mixture_of_clusters(features, labels, 5, "diag", reg=1e-3)
+    assert np.allclose(variances[0], features[:30].var(0) + 1e-3)
+
+
+def test_manifold_clusters_separate_two_moons_that_a_gmm_cannot():
+    from sklearn.datasets import make_moons
+    from sklearn.mixture import GaussianMixture
+
+    x, y = make_moons(400, noise=0.05, random_state=0)
+    y = torch.as_tensor(y)
+    gmm = GaussianMixture(2, random_state=0).fit(x)
+    assert cluster_accuracy(y, torch.as_tensor(gmm.predict(x))) < 0.9  # two Gaussians cut across the moons
+    assert cluster_accuracy(y, torch.as_tensor(manifold_clusters(x, 2, seed=0))) > 0.95
+
+
+def test_umap_initialized_vade_starts_from_the_clusters_gaussians(mnist_dir, tmp_path, monkeypatch):
+    labels = {}
+
+    def fake_clusters(features, k, seed):  # the UMAP step is tested above; here, the wiring around it
+        labels["found"] = np.arange(len(features)) % k
+        return labels["found"]
+
+    monkeypatch.setattr("image_baselines.run.manifold_clusters", fake_clusters)
+    extra = ("model.hidden_sizes=32,64", "objective.pretrain_steps=8", "train.max_steps=8", "model.mixture_init=umap")
+    config = _config("vade_mnist.yaml", mnist_dir, *extra)
+    train(config, tmp_path / "run")
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model"]
+    model = VaDE(config.model)
+    model.load_state_dict(state)
+    splits = load_mnist(config.data.corpus, config.data.holdout, binarize=False)
+    codes = posterior_means(model, splits["train"], 64, torch.device("cpu")).double()
+    for c in range(config.model.num_clusters):
+        assert torch.allclose(state["mu_c"][c].double(), codes[labels["found"] == c].mean(0), atol=1e-5)
+    share = np.bincount(labels["found"]) / len(codes)
+    assert torch.allclose(state["pi_logits"].softmax(0).double(), torch.as_tensor(share), atol=1e-6)
 
 
 def test_image_config_errors_are_one_line(mnist_dir):
@@ -275,6 +323,10 @@ def test_image_config_errors_are_one_line(mnist_dir):
         _config("cvae_quadrants_mnist.yaml", mnist_dir, "model.quadrants_given=4")
     with pytest.raises(UserError, match="hidden_sizes"):
         _config("vade_mnist.yaml", mnist_dir, "model.hidden_sizes=500,x")
+    with pytest.raises(UserError, match="mixture_init"):
+        _config("vae_mnist.yaml", mnist_dir, "model.mixture_init=umap")
+    with pytest.raises(UserError, match="mixture_init"):
+        _config("vade_mnist.yaml", mnist_dir, "model.mixture_init=kmeans")
 
 
 def test_image_split_batches_cover_every_image_once(mnist_dir):
