@@ -140,7 +140,8 @@ def manifold_clusters(features: np.ndarray, k: int, seed: int, neighbors: int = 
         import umap
     except ImportError as error:
         raise UserError("model.mixture_init umap needs umap-learn: pip install umap-learn") from error
-    neighbors = min(neighbors, len(features) - 1)  # a seed makes UMAP single-threaded anyway: say so
+    neighbors = min(neighbors, len(features) - 1)
+    # n_jobs=1: a seed makes UMAP single-threaded anyway (it warns unless told)
     reducer = umap.UMAP(n_components=k, n_neighbors=neighbors, min_dist=0.0, random_state=seed, n_jobs=1)
     embedding = reducer.fit_transform(features)
     gmm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-5, n_init=5)
