@@ -16,6 +16,7 @@ seeds 0..N-1) and prints the spread of their accuracy: how much of a GMM initial
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch  # noqa: E402
 
 from image_baselines.data import load_mnist  # noqa: E402
 from image_baselines.metrics import cluster_accuracy, nmi  # noqa: E402
+from image_baselines.models import VaDE  # noqa: E402
 from image_baselines.run import (  # noqa: E402
     load_image_run,
     manifold_clusters,
@@ -88,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("UMAP + GMM clusters (N2D)", labels, None)]
     for kind in ("full", "diag"):
         mixture = mixture_of_clusters(train_x, labels, k, kind)
-        rows.append((f"  their Gaussians, {kind}", _assign(mixture, train_x), _assign(mixture, test_x)))
+        prior = VaDE(dataclasses.replace(config.model, mixture_covariance=kind))  # the run's own mixture density
+        prior.init_mixture(*(torch.as_tensor(v, dtype=torch.float32) for v in mixture))
+        rows.append((f"  their Gaussians, {kind}", *(_assign(prior, x) for x in (train_x, test_x))))
     for name, train_c, test_c in rows:
         train_c = torch.as_tensor(train_c)
         test_part = f"{'':>19}"  # UMAP clusters only the training codes
@@ -109,14 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _assign(mixture: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Each row's most probable component under (weights, means, covariances: [K, D, D] or variances [K, D])."""
-    from scipy.stats import multivariate_normal
-
-    weights, means, covariances = mixture
-    log_joint = [np.log(w) + multivariate_normal(m, c if c.ndim == 2 else np.diag(c)).logpdf(x)
-                 for w, m, c in zip(weights, means, covariances)]  # fmt: skip
-    return np.stack(log_joint, -1).argmax(-1)
+def _assign(prior: VaDE, x: np.ndarray) -> torch.Tensor:
+    """Each code's most probable mixture component under the prior, as VaDE's q(c|x) starts. x: [N, D] -> [N]."""
+    with torch.no_grad():
+        return prior.responsibilities(torch.as_tensor(x, dtype=torch.float32)).argmax(-1)
 
 
 if __name__ == "__main__":
