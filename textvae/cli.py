@@ -104,6 +104,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_checkpoints(run_dir: Path) -> None:
+    """Refuse a run with no checkpoint yet; say on stderr when last.pt stands in for a missing best.pt."""
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    checkpoints = run_dir / "checkpoints"
+    if not (run_dir / "config.yaml").is_file() or (checkpoints / "best.pt").is_file():
+        return  # not a run directory (loading says so) or one with a best checkpoint
+    if not (checkpoints / "last.pt").is_file():
+        raise UserError(f"{run_dir} has no checkpoint yet (stopped before its first one): "
+                        "run the same `textvae train` command to go on")  # fmt: skip
+    # best.pt comes with the first validation on the train.eval_every grid (not with the one at max_steps)
+    print(f"textvae: note: {run_dir} has no best.pt yet (no validation at train.eval_every so far): "
+          "using checkpoints/last.pt", file=sys.stderr)  # fmt: skip
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from textvae.pipeline import evaluate_run
 
@@ -112,8 +127,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.max_examples is not None and args.max_examples < 1:
         raise UserError("--max-examples must be at least 1")
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
+    _check_checkpoints(run_dir)
     gaps = None
     if args.gaps:
         if args.svi_steps < 0 or args.svi_lr <= 0 or args.elbo_samples < 1 or args.svi_samples < 1:
@@ -143,8 +157,7 @@ def _generate(args: argparse.Namespace) -> int:
     from textvae.api import load
 
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
+    _check_checkpoints(run_dir)
     if args.command == "sample" and (run_dir / "config.yaml").is_file():
         config = config_lib.load(run_dir / "config.yaml")
         if config.model.name in config_lib.IMAGE_MODELS:

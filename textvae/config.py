@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,33 +186,51 @@ _PROBABILITIES = {
 
 def _check_type(key: str, value: Any, kind: Any) -> Any:
     """Return `value` as `kind` (int widens to float) or raise UserError naming `key`."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if is_int and not -(2**63) <= value < 2**63:  # torch takes 64-bit integers; float() of a huge one overflows
+        raise UserError(f"config key {key}: out of range (64-bit integers), got {_short(value)}")
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = is_int
     elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = is_int or isinstance(value, float)
         value = float(value) if ok else value
-    elif kind is str and isinstance(value, int) and not isinstance(value, bool):
+    elif kind is str and is_int:
         ok, value = True, str(value)  # --set model.hidden_sizes=500 reads as an int
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise UserError(f"config key {key}: expected {kind.__name__}, got {value!r}")
+        raise UserError(f"config key {key}: expected {kind.__name__}, got {_short(value)}")
+    if kind is float and not math.isfinite(value):  # YAML reads .nan and .inf; no setting means them
+        raise UserError(f"config key {key}: must be a finite number, got {value}")
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters, so that an error stays one readable line."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr() refuses ints of over 4,300 digits
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _label(key: Any) -> str:
+    """A key as written when it is a short printable string, else its (cut) repr: one line either way."""
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else _short(key)
 
 
 def _build_section(name: str, cls: type, raw: Any) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"config section {name}: expected a mapping, got {raw!r}")
+        raise UserError(f"config section {name}: expected a mapping, got {_short(raw)}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     values = {}
     for key, value in raw.items():
         if key not in known:
-            raise UserError(f"unknown config key {name}.{key} (known: {', '.join(sorted(known))})")
+            raise UserError(f"unknown config key {name}.{_label(key)} (known: {', '.join(sorted(known))})")
         values[key] = _check_type(f"{name}.{key}", value, hints[key])
     return cls(**values)
 
@@ -224,13 +243,15 @@ def validate(config: Config) -> Config:
             key, value = (section.name, f.name), getattr(part, f.name)
             dotted = ".".join(key)
             if key in _CHOICES and value not in _CHOICES[key]:
-                raise UserError(f"config key {dotted}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+                raise UserError(f"config key {dotted}: {_short(value)} is not one of {', '.join(_CHOICES[key])}")
             if key in _POSITIVE and value <= 0:
                 raise UserError(f"config key {dotted}: must be positive, got {value}")
             if key in _PROBABILITIES and not 0.0 <= value < 1.0:
                 raise UserError(f"config key {dotted}: must be in [0, 1), got {value}")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise UserError(f"config key {dotted}: must not be negative, got {value}")
+    if not config.data.corpus.strip():
+        raise UserError("config key data.corpus: empty (a known corpus name or a path)")
     model = config.model
     if not 0.0 < config.optim.lr_decay <= 1.0:
         raise UserError(f"config key optim.lr_decay: must be in (0, 1] (1 disables), got {config.optim.lr_decay}")
@@ -304,7 +325,7 @@ def from_dict(raw: Any) -> Config:
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for name in raw:
         if name not in sections:
-            raise UserError(f"unknown config section {name!r} (known: {', '.join(sections)})")
+            raise UserError(f"unknown config section {_short(name)} (known: {', '.join(sections)})")
     built = {name: _build_section(name, f.default_factory, raw.get(name)) for name, f in sections.items()}
     return validate(Config(**built))
 
@@ -313,21 +334,56 @@ def to_dict(config: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(config)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names a key twice; `load` turns it into a UserError naming the file."""
+
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(f"key {_short(key)} appears twice, on lines {first} and {second}")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in a mapping at any depth (the safe loader keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # merge keys (<<) may repeat; a non-scalar key is refused by the safe loader itself
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with StrictLoader; every failure is a yaml.YAMLError."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader: no Python objects
+    except (ValueError, RecursionError) as error:  # an int of over 4,300 digits; nesting deeper than Python's stack
+        raise yaml.YAMLError(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings (values parsed as YAML scalars) to a nested mapping."""
-    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    # copy the sections (a non-mapping one is left for from_dict to refuse, naming it)
+    raw = {k: dict(v) if isinstance(v, dict) else ({} if v is None else v) for k, v in (raw or {}).items()}
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"--set {item!r}: expected section.key=value")
+            raise UserError(f"--set {_short(item)}: expected section.key=value")
         dotted, text = item.split("=", 1)
         parts = dotted.strip().split(".")
         if len(parts) != 2:
-            raise UserError(f"--set {item!r}: expected a key of the form section.key")
+            raise UserError(f"--set {_short(item)}: expected a key of the form section.key")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = parse_yaml(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        raw.setdefault(parts[0], {})[parts[1]] = value
+        section = raw.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise UserError(f"config section {_label(parts[0])}: expected a mapping, got {_short(section)}")
+        section[parts[1]] = value
     return raw
 
 
@@ -337,7 +393,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as error:
+        raise UserError(f"{path}: {error}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"{path}: not a valid YAML file ({first})") from None

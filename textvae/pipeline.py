@@ -96,7 +96,8 @@ def check_resumable(config: Config, run_dir: Path) -> None:
 
 def text_report(run: TextRun, count: int, seed: int = 0):
     """A callback for the trainer: prior samples, reconstructions of fixed validation sentences and
-    one interpolation between two of them, greedy-decoded, as text for TensorBoard."""
+    one interpolation between two of them (from the only one to the prior's mean when the split has one
+    sentence), greedy-decoded, as text for TensorBoard."""
     valid = run.splits["valid"]
     fixed = valid.collate(list(range(min(max(count, 2), len(valid)))))
     tok = run.tokenizer
@@ -111,7 +112,8 @@ def text_report(run: TextRun, count: int, seed: int = 0):
                 samples = decode(model.decoder, prior, tok.bos_id, tok.eos_id)
                 mu, _ = model.encode(fixed.to(run.device))
                 recon = decode(model.decoder, mu, tok.bos_id, tok.eos_id)
-                path = decode(model.decoder, interpolation_path(mu[0], mu[1], 5), tok.bos_id, tok.eos_id)
+                end = mu[1] if len(mu) > 1 else torch.zeros_like(mu[0])
+                path = decode(model.decoder, interpolation_path(mu[0], end, 5), tok.bos_id, tok.eos_id)
                 sources = [tok.decode(s) for s in fixed.tokens.tolist()]
                 texts = {
                     "reconstructions": "\n\n".join(f"{s}  →  {tok.decode(r)}" for s, r in zip(sources, recon)),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from typing import Any
 
 import torch
@@ -19,12 +22,26 @@ def init(device_name: str) -> torch.device | None:
         return None
     use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    _end_with_launcher()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def _end_with_launcher() -> None:
+    """Have Linux SIGTERM this worker when its torchrun launcher dies. torchrun starts each worker in a
+    session of its own, so a kill of the launcher's process group (SIGKILL, a crash) would leave the
+    workers training on, writing the run directory while the same command resumes it; SIGTERM stops them
+    after their current step with last.pt written."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() == 1:  # the launcher died before the call: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def active() -> bool:

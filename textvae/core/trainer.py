@@ -114,7 +114,8 @@ class Trainer:
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.objective = ElboModule(model)  # wrapped in DistributedDataParallel under torchrun
         self.train_module: nn.Module = self.objective
-        self._signal: int | None = None
+        self._signal: int | None = None  # a signal this process received
+        self._stopping: int | None = None  # the signal all ranks agreed on in a step's all-reduce: stop after it
         self._tokens = 0.0  # real tokens since the last train/ log, all ranks
         self._plan: list[list[int]] = []  # this epoch's batches (aggressive training draws from them)
         self._encoder_params: list[torch.nn.Parameter] = []
@@ -214,8 +215,10 @@ class Trainer:
             counts.to(grad_norm.device),
         ])  # fmt: skip
         loss, rec, kl, grad_norm, bow, size, tokens, signals = distributed.sum_across(local).tolist()
-        if signals and self._signal is None:
-            self._signal = signal.SIGTERM  # another rank was signalled: stop together
+        if signals and self._stopping is None:
+            # every rank reads the same sum, so all stop after this step; a signal that comes after the
+            # all-reduce waits for the next one, else the ranks would part ways in the collectives of save()
+            self._stopping = self._signal or signal.SIGTERM  # SIGTERM when only another rank was signalled
         self._tokens += tokens
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.position.skipped += 1
@@ -256,7 +259,7 @@ class Trainer:
 
         SIGTERM / SIGINT finish the current step, write last.pt and raise TrainingStopped.
         """
-        self._signal = None
+        self._signal = self._stopping = None
         if threading.current_thread() is not threading.main_thread():
             return self._fit()
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -299,6 +302,11 @@ class Trainer:
             plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed)
             if self.world > 1:  # every rank needs a share of each batch
                 plan = [indices for indices in plan if len(indices) >= self.world]
+            if not plan:  # else the loop would run through empty epochs for ever
+                raise UserError(
+                    f"no training batch holds a sentence for each of the {self.world} processes: use a larger "
+                    "train.batch_size (or train.max_tokens) or more training sentences"
+                )
             self._plan = plan
             while self.position.batch < len(plan) and self.position.step < train.max_steps and not stop:
                 indices = plan[self.position.batch]
@@ -320,13 +328,13 @@ class Trainer:
                     # stopping see the eval_every grid alone, so a run extended later matches a longer one.
                     metrics = self.evaluate(writer, scheduled=evaluated)
                     stop = 0 < train.early_stopping <= self.position.bad_evals
-                if evaluated or step % checkpoint_every == 0 or self._signal is not None:
+                if evaluated or step % checkpoint_every == 0 or self._stopping is not None:
                     self.save(self.last_path)
-                if self._signal is not None:
-                    name = signal.Signals(self._signal).name
+                if self._stopping is not None:
+                    name = signal.Signals(self._stopping).name
                     raise TrainingStopped(
                         f"stopped by {name} at step {step}; {self.last_path} is saved: run the same command to resume",
-                        exit_code=128 + self._signal,
+                        exit_code=128 + self._stopping,
                     )
             if self.position.batch >= len(plan):
                 self.position.epoch += 1

@@ -166,11 +166,17 @@ def clean(lines: list[str]) -> tuple[list[str], int]:
     return kept, blank
 
 
-def _holdout(lines: list[str], fractions: tuple[float, ...]) -> list[list[str]]:
-    """Split `lines` by a fixed seeded shuffle: the last parts get `fractions`, the first the rest."""
+def _holdout(lines: list[str], fractions: tuple[float, ...], source: Path) -> list[list[str]]:
+    """Split `lines` by a fixed seeded shuffle: the last parts get `fractions`, the first the rest.
+    Every part gets at least one line; too few lines for that is a UserError naming `source`."""
+    sizes = [max(1, round(f * len(lines))) for f in fractions]
+    if sum(sizes) >= len(lines):  # training would get no line (and the slices below would overlap)
+        raise UserError(
+            f"{source}: {len(lines)} lines are too few for data.holdout {fractions[0]}: the holdout takes "
+            f"{' + '.join(map(str, sizes))}, so it needs at least {sum(sizes) + 1} lines (or a lower data.holdout)"
+        )
     order = list(range(len(lines)))
     random.Random(HOLDOUT_SEED).shuffle(order)
-    sizes = [max(1, round(f * len(lines))) for f in fractions]
     parts, end = [], len(lines)
     for size in reversed(sizes):
         parts.append(sorted(order[end - size : end]))
@@ -195,14 +201,14 @@ def load_corpus(spec: str, holdout: float = 0.05) -> Corpus:
         lines = corpus.splits.pop("all")
         if len(lines) < 3:
             raise UserError(f"{files['all']}: need at least 3 non-blank lines to split into train/valid/test")
-        train, valid, test = _holdout(lines, (holdout, holdout))
+        train, valid, test = _holdout(lines, (holdout, holdout), files["all"])
         corpus.splits.update(train=train, valid=valid, test=test)
         corpus.notes.append(
             f"{files['all']}: split {len(lines)} lines into train {len(train)} / valid {len(valid)} / "
             f"test {len(test)} (seeded holdout, seed {HOLDOUT_SEED}, {holdout:.0%} each)"
         )
     elif "valid" not in corpus.splits:
-        train, valid = _holdout(corpus.splits["train"], (holdout,))
+        train, valid = _holdout(corpus.splits["train"], (holdout,), files["train"])
         corpus.splits.update(train=train, valid=valid)
         corpus.notes.append(
             f"{files['train']}: no validation file; held out {len(valid)} of {len(train) + len(valid)} training "
