@@ -5,7 +5,7 @@ Image runs (model.name image_vae, image_cvae, vade) are handed to image_baseline
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,8 @@ def text_report(run: TextRun, count: int, seed: int = 0):
     valid = run.splits["valid"]
     fixed = valid.collate(list(range(min(max(count, 2), len(valid)))))
     tok = run.tokenizer
+    # no longer than a training sentence can be (<eos> included): a cheap report on short-sentence configs
+    greedy = Decoding(max_length=min(Decoding().max_length, run.config.data.max_length + 1))
 
     def report(model: nn.Module) -> dict[str, str]:
         was_training = model.training
@@ -109,18 +111,19 @@ def text_report(run: TextRun, count: int, seed: int = 0):
             torch.manual_seed(seed)
             if model.latent_dim:
                 prior = torch.randn(count, model.latent_dim).to(run.device)
-                samples = decode(model.decoder, prior, tok.bos_id, tok.eos_id)
+                samples = decode(model.decoder, prior, tok.bos_id, tok.eos_id, greedy)
                 mu, _ = model.encode(fixed.to(run.device))
-                recon = decode(model.decoder, mu, tok.bos_id, tok.eos_id)
+                recon = decode(model.decoder, mu, tok.bos_id, tok.eos_id, greedy)
                 end = mu[1] if len(mu) > 1 else torch.zeros_like(mu[0])
-                path = decode(model.decoder, interpolation_path(mu[0], end, 5), tok.bos_id, tok.eos_id)
+                path = decode(model.decoder, interpolation_path(mu[0], end, 5), tok.bos_id, tok.eos_id, greedy)
                 sources = [tok.decode(s) for s in fixed.tokens.tolist()]
                 texts = {
                     "reconstructions": "\n\n".join(f"{s}  →  {tok.decode(r)}" for s, r in zip(sources, recon)),
                     "interpolation": "\n\n".join(tok.decode(row) for row in path),
                 }
             else:
-                samples = decode(model.decoder, None, tok.bos_id, tok.eos_id, Decoding(strategy="sample"), num=count)
+                sampling = replace(greedy, strategy="sample")
+                samples = decode(model.decoder, None, tok.bos_id, tok.eos_id, sampling, num=count)
                 texts = {}
         model.train(was_training)
         texts["samples"] = "\n\n".join(tok.decode(s) for s in samples)
