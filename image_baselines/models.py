@@ -109,7 +109,8 @@ class ImageVAE(nn.Module):
             h = self.encoder_body(x, cond)
         else:
             h = self.encoder_body(torch.cat([x, cond], -1) if cond is not None else x)
-        mu, logvar = self.posterior(h).chunk(2, dim=-1)
+        # fp32 under bf16 autocast, as in the text models: z drawn in bf16 near sigma = 0.01 takes few values
+        mu, logvar = self.posterior(h).float().chunk(2, dim=-1)
         return mu, bound_logvar(logvar)
 
     def decode_logits(self, z: Tensor, cond: Tensor | None) -> Tensor:

@@ -27,20 +27,27 @@ from textvae.core.trainer import Trainer
 from textvae.errors import UserError
 
 log = logging.getLogger(__name__)
-IMAGE_KEYS = ("nelbo", "rec", "kl", "nll", "mi", "mi_over", "au", "iw_samples", "kl_per_dim")
+IMAGE_KEYS = ("nelbo", "rec", "kl", "nll", "mi", "mi_ceiling", "mi_over", "au", "iw_samples", "kl_per_dim")
 
 
 @torch.no_grad()
 def image_metrics(
-    model: nn.Module, split: ImageSplit, batch_size: int, iw_samples: int, device: torch.device, precision: str
+    model: nn.Module,
+    split: ImageSplit,
+    batch_size: int,
+    iw_samples: int,
+    device: torch.device,
+    precision: str,
+    population: str = "split",
 ) -> dict[str, Any]:
     """The shared evaluation (nelbo, rec, kl, IW nll, mi, au) over a split; acc and nmi for VaDE."""
     plan = split.ordered(batch_size)[distributed.rank() :: distributed.world_size()]
     batches = [split.collate(indices) for indices in plan]
-    metrics = evaluate(model, batches, iw_samples, device, precision)
+    metrics = evaluate(model, batches, iw_samples, device, precision, population=population)
     out = {key: metrics[key] for key in IMAGE_KEYS}
-    if "kl_estimate" in metrics:
-        out["kl_estimate"] = metrics["kl_estimate"]
+    for key in ("kl_estimate", "au_estimate"):  # a flow posterior's Monte-Carlo estimates say so
+        if key in metrics:
+            out[key] = metrics[key]
     out["images"] = metrics["sentences"]
     if isinstance(model, VaDE):
         was_training = model.training
@@ -224,7 +231,8 @@ def evaluate_image_run(
     data = splits[split]
     if max_examples is not None:
         data = data.subset(spread(len(data), max_examples))
-    metrics = image_metrics(model, data, config.train.eval_batch_size, iw_samples, device, precision)
+    population = "split" if max_examples is None else "--max-examples part of the split"
+    metrics = image_metrics(model, data, config.train.eval_batch_size, iw_samples, device, precision, population)
     metrics["split"] = split
     metrics["checkpoint_step"] = step
     if max_examples is not None:

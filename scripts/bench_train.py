@@ -1,11 +1,18 @@
 """Training throughput of a config: real tokens/s and the share of this machine's matmul rate it reaches.
 
-    python scripts/bench_train.py configs/text/ptb_lstm_vae.yaml [--set key=value ...] [--steps N] [--json]
+    python scripts/bench_train.py CONFIG [--set key=value ...] [--steps N] [--reference] [--json]
+    python scripts/bench_train.py CONFIG --to-quality NLL [--set ...]     # time to a validation NLL
 
 Real tokens are predicted tokens (words + <eos>), padding not counted. Achieved GFLOP/s counts the
 model's matmul FLOPs (LSTM gates or attention and MLP blocks, output projection, posterior and latent
-projections; backward = 2 x forward); the machine's matmul rate is measured in the same run, precision
-and thread count.
+projections; backward = 2 x forward). The machine's matmul rate is measured in the same run, precision and
+thread count, as the best of several repeats before and after the timed steps: on a 2048^2 square
+(`matmul_gflops`, the denominator of `ratio`) and at the step's own GEMM shapes (`step_shapes_gflops`,
+FLOP-weighted, the denominator of `ratio_step_shapes`). `--reference` also runs the textbook fp32 LSTM VAE
+step of ../shared/bench/textbook_lstm_vae.py at the same sizes and sentences per batch, in the same run, and
+reports `reference_tokens_per_s` and `speedup`.
+`--to-quality NLL` trains the config from scratch in a temporary run directory (`textvae train`) and prints the
+wall time and steps until the validation NLL (IW-5, nats per sentence) first reaches NLL, and tokens/s.
 """
 
 from __future__ import annotations
@@ -13,19 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from textvae import config as config_lib
 from textvae.config import Config
-from textvae.core.device import autocast, resolve_device
-from textvae.core.objective import elbo
-from textvae.core.schedules import kl_weight
-from textvae.core.trainer import build_optimizer
+from textvae.core.device import resolve_device
+from textvae.core.trainer import Trainer
 from textvae.data.batching import TextSplit
-from textvae.data.corpus import load_corpus
+from textvae.data.corpus import data_dir, load_corpus
 from textvae.data.tokenizer import WordTokenizer, build_tokenizer
 from textvae.models import build_text_model
 
@@ -73,9 +81,15 @@ def matmul_gflops(precision: str, device: torch.device | str = "cpu", size: int 
     """The measured square-matmul rate on `device` in `precision` (fp32 on CUDA runs as TF32, as in training)."""
     device = torch.device(device)
     size = size or (8192 if device.type == "cuda" else 2048)
+    return gemm_gflops(precision, device, (size, size, size), repeats)
+
+
+def gemm_gflops(precision: str, device: torch.device, shape: tuple[int, int, int], repeats: int = 10) -> float:
+    """GFLOP/s of [m, k] @ [k, n] in `precision` on `device`, timed over `repeats` products after a warm-up."""
+    m, k, n = shape
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
+    a = torch.randn(m, k, dtype=dtype, device=device)
+    b = torch.randn(k, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
     _synchronize(device)
@@ -83,7 +97,49 @@ def matmul_gflops(precision: str, device: torch.device | str = "cpu", size: int 
     for _ in range(repeats):
         a @ b
     _synchronize(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
+Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
+
+
+def step_shapes(config: Config, vocab: int, sentences: float, tokens: float) -> list[tuple[Shape, float]]:
+    """The step's main GEMM shapes [m, k, n], each with its forward FLOPs per token (the weight of its rate)."""
+    m = config.model
+    rows = max(1, round(tokens))
+    if m.name.startswith("transformer"):
+        width, stacks = m.embedding_dim, m.num_layers * (2 if m.name == "transformer_vae" else 1)
+        return [((rows, width, 3 * width), stacks * 2 * width * 4 * width),  # qkv and the output projection
+                ((rows, width, m.hidden_size), stacks * 2 * 2 * width * m.hidden_size),  # the MLP
+                ((min(rows, 1024), width, vocab), 2 * width * vocab)]  # fmt: skip
+    hidden, lstms = m.hidden_size, 2 if m.name == "lstm_vae" else 1
+    inputs = m.embedding_dim + (m.latent_dim if m.name == "lstm_vae" else 0)
+    return [
+        ((max(1, round(sentences)), hidden, 4 * hidden), lstms * 2 * hidden * 4 * hidden),  # the recurrence
+        ((rows, inputs, 4 * hidden), lstms * 2 * inputs * 4 * hidden),  # the input projection
+        ((min(rows, 1024), hidden, vocab), 2 * hidden * vocab),
+    ]  # the output layer, in 1,024-row blocks
+
+
+class MatmulProbe:
+    """Best-of-repeats matmul rates, measured before and after the timed steps (the CPU's rate drifts)."""
+
+    def __init__(self, precision: str, device: torch.device, shapes: list[tuple[Shape, float]]):
+        self.precision, self.device, self.shapes = precision, device, shapes
+        self.square = 0.0
+        self.per_shape = [0.0] * len(shapes)
+
+    def measure(self, rounds: int = 3) -> None:
+        square = 8192 if self.device.type == "cuda" else 2048
+        for _ in range(rounds):
+            self.square = max(self.square, gemm_gflops(self.precision, self.device, (square,) * 3, 10))
+            for i, (shape, _) in enumerate(self.shapes):
+                self.per_shape[i] = max(self.per_shape[i], gemm_gflops(self.precision, self.device, shape, 10))
+
+    def step_rate(self) -> float:
+        """The FLOP-weighted (harmonic) mean rate over the step's shapes."""
+        weights = [weight for _, weight in self.shapes]
+        return sum(weights) / sum(w / rate for w, rate in zip(weights, self.per_shape))
 
 
 def _synchronize(device: torch.device) -> None:
@@ -98,70 +154,152 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def build(config: Config):
+    """The training split, the model, and a Trainer around them (its step is the one timed)."""
+    corpus = load_corpus(config.data.corpus, config.data.holdout)
+    if config.data.tokenizer == "word":
+        tokenizer = WordTokenizer.build(corpus.splits["train"], config.data)
+    else:
+        tokenizer = build_tokenizer(config.data, corpus.splits["train"], Path(tempfile.mkdtemp()))
+    data = TextSplit(corpus.splits["train"], tokenizer, config.data.max_length)
+    device = resolve_device(config.train.device)
+    model = build_text_model(config.model, tokenizer, config.objective.bow_weight > 0).to(device).train()
+    trainer = Trainer(model, data, lambda _: {}, config, Path(tempfile.mkdtemp()), device)
+    return data, len(tokenizer), device, trainer
+
+
+def time_steps(config: Config, steps: int, probe_rounds: int = 3) -> dict:
+    """Warm up for 10 steps, time `steps` more of the trainer's own step, probe the matmul rate around them."""
+    data, vocab, device, trainer = build(config)
+    plan = data.plan(0, config.train.batch_size, config.train.max_tokens, config.train.seed)
+    plan = (plan * (1 + (10 + steps) // max(1, len(plan))))[: 10 + steps]
+    mean_sentences = sum(len(p) for p in plan) / len(plan)
+    mean_tokens = sum(sum(data.lengths[i] - 1 for i in p) for p in plan) / len(plan)
+    probe = MatmulProbe(config.train.precision, device, step_shapes(config, vocab, mean_sentences, mean_tokens))
+    probe.measure(probe_rounds)
+    tokens = sentences = 0
+    for i, indices in enumerate(plan):
+        if i == 10:
+            _synchronize(device)
+            start, tokens, sentences = time.perf_counter(), 0, 0
+        batch = data.collate(indices).to(device)
+        trainer.train_step(batch)
+        trainer.position.step += 1
+        tokens += batch.num_tokens
+        sentences += batch.size
+    _synchronize(device)
+    elapsed = time.perf_counter() - start
+    memory = peak_memory_mb(device)
+    probe.measure(probe_rounds)
+    achieved = step_flops(config, vocab, tokens, sentences) / elapsed / 1e9
+    return {
+        "precision": config.train.precision,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "steps": steps,
+        "sentences_per_batch": round(sentences / steps, 1),
+        "tokens_per_s": round(tokens / elapsed, 1),
+        "achieved_gflops": round(achieved, 2),
+        "matmul_gflops": round(probe.square, 2),
+        "ratio": round(achieved / probe.square, 4),
+        "step_shapes_gflops": round(probe.step_rate(), 2),
+        "ratio_step_shapes": round(achieved / probe.step_rate(), 4),
+        "peak_mem_mb": round(memory, 1),
+    }
+
+
+def reference_tokens_per_s(config: Config, batch: int, script: Path) -> float:
+    """Real tokens/s of the textbook fp32 LSTM VAE step at this config's sizes, in a subprocess (2 threads)."""
+    m = config.model
+    if m.name != "lstm_vae":
+        raise SystemExit("bench_train: --reference compares LSTM VAE steps; this config's model is " + m.name)
+    train_file = data_dir() / "ptb" / "ptb.train.txt"
+    command = [sys.executable, str(script), str(train_file), str(m.embedding_dim), str(m.hidden_size),
+               str(m.latent_dim), str(batch), "6", "1"]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["tokens_per_s"])
+
+
+def to_quality(args, target: float) -> dict:
+    """Train from scratch with `textvae train`; stop at the first evaluation whose validation NLL <= target."""
+    run_dir = Path(tempfile.mkdtemp(prefix="to_quality_")) / "run"
+    sets = [item for override in args.overrides for item in ("--set", override)]
+    command = ["textvae", "train", args.config, "--run-dir", str(run_dir), *sets, "--set", "train.eval_iw_samples=5"]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(run_dir.parent / "train.log", "w"))
+    seen, result = 0, {"config": args.config, "target_nll": target, "reached": False}
+    metrics = run_dir / "metrics.jsonl"
+    while process.poll() is None and not result["reached"]:
+        time.sleep(2)
+        lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
+        for line in lines[seen:]:
+            record = json.loads(line)
+            result.update(step=record["step"], epoch=record["epoch"], val_nll=record["metrics"]["nll"],
+                          wall_s=round(time.perf_counter() - start, 1))  # fmt: skip
+            if record["metrics"]["nll"] <= target:
+                result["reached"] = True
+                break
+        seen = len(lines)
+    if process.poll() is None:
+        process.terminate()  # SIGTERM: the run saves last.pt and stops
+        process.wait()
+    result["tokens_per_s"] = _mean_tokens_per_s(run_dir / "tb")
+    result["run_dir"] = str(run_dir)
+    return result
+
+
+def _mean_tokens_per_s(tb_dir: Path) -> float | None:
+    """The mean of the run's train/tokens_per_s scalars (TensorBoard), None before the first log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb_dir))
+    events.Reload()
+    if "train/tokens_per_s" not in events.Tags().get("scalars", []):
+        return None
+    values = [event.value for event in events.Scalars("train/tokens_per_s")]
+    return round(sum(values) / len(values), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--steps", type=int, default=60, help="timed steps (after 10 warm-up steps)")
+    parser.add_argument("--reference", action="store_true", help="also time the textbook fp32 LSTM VAE step")
+    textbook = Path(__file__).resolve().parents[2] / "shared" / "bench" / "textbook_lstm_vae.py"
+    parser.add_argument("--reference-script", type=Path, default=textbook)
+    parser.add_argument("--to-quality", type=float, metavar="NLL", help="time to this validation NLL")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     config = config_lib.load(args.config, args.overrides)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     torch.manual_seed(config.train.seed)
-    corpus = load_corpus(config.data.corpus, config.data.holdout)
-    if config.data.tokenizer == "word":
-        tokenizer = WordTokenizer.build(corpus.splits["train"], config.data)
+    if args.to_quality is not None:
+        result = to_quality(args, args.to_quality)
     else:
-        import tempfile
-        from pathlib import Path
-
-        tokenizer = build_tokenizer(config.data, corpus.splits["train"], Path(tempfile.mkdtemp()))
-    data = TextSplit(corpus.splits["train"], tokenizer, config.data.max_length)
-    device = resolve_device(config.train.device)
-    model = build_text_model(config.model, tokenizer).to(device).train()
-    optimizer = build_optimizer(model, config)
-    plan = data.plan(0, config.train.batch_size, config.train.max_tokens, config.train.seed)
-    tokens = sentences = 0
-    for i, indices in enumerate(plan[: 10 + args.steps]):
-        if i == 10:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start, tokens, sentences = time.perf_counter(), 0, 0
-        batch = data.collate(indices).to(device)
-        with autocast(device, config.train.precision):
-            loss = elbo(model, batch, kl_weight(config.objective, i, config.train.max_steps),
-                        config.objective.free_bits, config.objective.free_bits_mode).loss  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip or float("inf"))
-        optimizer.step()
-        tokens += batch.num_tokens
-        sentences += batch.size
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    achieved = step_flops(config, len(tokenizer), tokens, sentences) / elapsed / 1e9
-    memory = peak_memory_mb(device)
-    peak = matmul_gflops(config.train.precision, device)
-    result = {
-        "config": args.config,
-        "precision": config.train.precision,
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-        "steps": args.steps,
-        "tokens_per_s": round(tokens / elapsed, 1),
-        "achieved_gflops": round(achieved, 2),
-        "matmul_gflops": round(peak, 2),
-        "ratio": round(achieved / peak, 4),
-        "peak_mem_mb": round(memory, 1),
-    }
+        result = {"config": args.config, "cpu": _cpu_name(), **time_steps(config, args.steps)}
+        if args.reference:
+            reference = reference_tokens_per_s(config, round(result["sentences_per_batch"]), args.reference_script)
+            result["reference_tokens_per_s"] = round(reference, 1)
+            result["speedup"] = round(result["tokens_per_s"] / reference, 2)
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>16}  {value}")
+            print(f"{key:>22}  {value}")
     sys.stdout.flush()
+
+
+def _cpu_name() -> str:
+    """The CPU's model name and whether it has AMX / AVX512-BF16 (bf16 matmul rates differ 5x between them)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = [flag for flag in ("amx_bf16", "avx512_bf16") if f" {flag}" in info]
+    return f"{name} ({', '.join(flags) or 'no bf16 matmul units'})"
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python scripts/reproduce.py                      # suite ptb: the posterior-collapse remedies on PTB
     python scripts/reproduce.py --suite ptb_gaps     # Gaussian / IAF / IWAE posteriors and the inference gaps
     python scripts/reproduce.py --suite mnist_gaps   # the same on MNIST with the image VAE
+    python scripts/reproduce.py --suite ptb_paper    # the published PTB table at paper scale, to convergence
     python scripts/reproduce.py --steps 600 --iw-samples 50 --out results/quick.md   # a quick look
     python scripts/reproduce.py --jobs 2 --threads 1 # two runs at a time, one thread each
 
@@ -77,6 +78,8 @@ class Suite:
     text: bool = True
     eval_examples: int | None = None  # test examples spread evenly over the split (None: all of them)
     overrides: tuple[str, ...] = ()  # settings every run of the suite shares, before the runs' own
+    converge: bool = False  # runs keep their config's evaluation grid and early stopping; steps are a cap
+    published: dict[str, dict] | None = None  # run name -> the published figures of that row, and `source`
 
 
 # Free bits per dimension: a floor of 32 x 0.2 = 6.4 nats. The trained code sits a little under its floor on
@@ -124,6 +127,51 @@ IMAGE_POSTERIORS = [
     Entry("iwae10", "IWAE k=10 (Gaussian)", lambda s: _posterior("none", 1, "objective.iw_samples=10"), budget=0.25),
 ]
 
+# Paper scale (embedding 512, 1,024 units, z 32; configs/text/ptb_lstm_vae_large.yaml), each run to convergence:
+# validation every 200 steps (~1.25 epochs), early stopping after five evaluations without improvement.
+# One epoch is ~160 steps of ~6,000 tokens; the KL weight rises from 0.1 over 1,600 steps (~10 epochs).
+PAPER_EPOCH = 160
+
+
+def _paper_vae(free_bits: float = 0.0, *extra: str) -> list[str]:
+    """The large config's VAE with every remedy key set explicitly (linear annealing from 0.1 over ~10 epochs)."""
+    return [
+        "model.name=lstm_vae", "objective.kl_schedule=linear", "objective.kl_start=0.1", "objective.kl_weight=1.0",
+        f"objective.warmup_steps={10 * PAPER_EPOCH}", f"objective.free_bits={free_bits}",
+        "objective.free_bits_mode=dim", "model.word_dropout=0.0", *extra,
+    ]  # fmt: skip
+
+
+# Li et al. 2019: the autoencoder first (z = mu, no KL), the decoder re-initialized, then the VAE with free bits.
+# 0.25 nats a dimension is an 8-nat floor over 32 units (the paper's lambda is a per-unit threshold too).
+PAPER_FREE_BITS = 0.25
+PAPER = [
+    Entry("lm", "LSTM LM", lambda s: ["model.name=lstm_lm"]),
+    Entry("anneal", "VAE + linear annealing", lambda s: _paper_vae()),
+    Entry("pretrain_fb", "AE pretraining + decoder reset + free bits 0.25/dim",
+          lambda s: _paper_vae(PAPER_FREE_BITS, f"objective.pretrain_steps={10 * PAPER_EPOCH}",
+                               "objective.reset_decoder=true")),
+    Entry("bn_vae", "BN-VAE γ=0.6 (Zhu et al. 2020)",
+          lambda s: _paper_vae(0.0, "model.bn_gamma=0.6", "objective.kl_schedule=constant")),
+    Entry("cyclical_fb", "cyclical annealing + free bits 0.25/dim",
+          lambda s: _paper_vae(PAPER_FREE_BITS, "objective.kl_schedule=cyclical", "objective.kl_start=0.0",
+                               "objective.cycles=4", "objective.cycle_ratio=0.5",
+                               f"objective.cycle_total_steps={40 * PAPER_EPOCH}")),
+    Entry("beta04", "β = 0.4 (constant)", lambda s: _paper_vae(0.0, "objective.kl_schedule=constant",
+                                                               "objective.kl_weight=0.4")),
+    Entry("aggressive", "aggressive encoder + annealing (He et al.)",
+          lambda s: [*_paper_vae(), "objective.aggressive=true", "objective.aggressive_window=5",
+                     "objective.aggressive_max_inner=20", f"objective.aggressive_until={10 * PAPER_EPOCH}"]),
+    Entry("bow", "bag-of-words loss + annealing", lambda s: [*_paper_vae(), "objective.bow_weight=1.0"]),
+]  # fmt: skip
+# Li et al. 2019 as tabulated in Optimus (Li et al. 2020), Table 8: NLL by 500 importance samples, nats per sentence.
+PAPER_SOURCE = "Li et al. 2019, as tabulated in Optimus (Li et al. 2020), Table 8"
+PAPER_PUBLISHED = {
+    "lm": {"ppl": 100.47, "nll": 101.04},
+    "aggressive": {"ppl": 99.83, "nll": 101.19, "kl": 0.93, "mi": 0.83, "au": 4},
+    "pretrain_fb": {"ppl": 96.86, "nll": 102.41, "kl": 6.54, "mi": 5.31, "au": 32, "note": "−ELBO"},
+}
+
 SUITES: dict[str, Suite] = {
     "ptb": Suite("PTB: posterior-collapse remedies", "configs/text/ptb_lstm_vae.yaml", 6000, 500, REMEDIES,
                  overrides=("train.batch_size=64",)),  # about 9 epochs
@@ -131,13 +179,22 @@ SUITES: dict[str, Suite] = {
                       POSTERIORS, gaps=PTB_GAP_OPTIONS, eval_examples=500),
     "mnist_gaps": Suite("MNIST: richer posteriors and the inference gaps", "configs/image/vae_mnist.yaml", 100000,
                         5000, IMAGE_POSTERIORS, gaps=GAP_OPTIONS, text=False),
+    "ptb_paper": Suite("PTB at paper scale: the published LSTM table", "configs/text/ptb_lstm_vae_large.yaml",
+                       10000, 500, PAPER, converge=True, published=PAPER_PUBLISHED),
 }  # fmt: skip
 
 
-def run_config(base: Path, entry: Entry, steps: int, extra: list[str], shared: tuple[str, ...] = ()) -> list[str]:
-    """All overrides of one run: the suite's shared settings, the entry's, the shared budget, then the user's."""
+def run_config(
+    base: Path, entry: Entry, steps: int, extra: list[str], shared: tuple[str, ...] = (), converge: bool = False
+) -> list[str]:
+    """All overrides of one run: the suite's shared settings, the entry's, the shared budget, then the user's.
+
+    `converge`: the step budget is only a cap; the config's evaluation grid and early stopping decide the end.
+    """
     steps = max(1, round(steps * entry.budget))
-    budget = [f"train.max_steps={steps}", f"train.eval_every={max(1, steps // 4)}", "train.early_stopping=0"]
+    budget = [f"train.max_steps={steps}"]
+    if not converge:
+        budget += [f"train.eval_every={max(1, steps // 4)}", "train.early_stopping=0"]
     overrides = [*shared, *entry.overrides(steps), *budget, *extra]
     config_lib.load(base, overrides)  # fail early, with the config's own one-line error
     return overrides
@@ -247,11 +304,16 @@ def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: st
         f"| run | steps | nll | ppl | nelbo | kl | mi | au |{gap_columns} train time | tokens/s |",
         "|---|---|---|---|---|---|---|---|" + "---|---|---|" * bool(suite.gaps) + "---|---|",
     ]
+    if suite.published:
+        rows[0] += f" The published column: {PAPER_SOURCE} (ppl / nll / kl / mi / au)."
+        rows[2] += " published |"
+        rows[3] += "---|"
     for entry in suite.entries:
         path = runs_dir / entry.name / result_file(iw_samples, examples)
         run_steps = max(1, round(steps * entry.budget))
         if not path.is_file():
-            rows.append(f"| {entry.label} | {run_steps:,} | (pending) |" + " |" * (8 + 3 * bool(suite.gaps)))
+            rows.append(f"| {entry.label} | {run_steps:,} | (pending) |" + " |" * (7 + 3 * bool(suite.gaps))
+                        + (f" {published(suite, entry.name)} |" if suite.published else ""))  # fmt: skip
             continue
         m = json.loads(path.read_text(encoding="utf-8"))
         ppl = f"{m['ppl']:.1f}" if "ppl" in m else "–"
@@ -263,6 +325,7 @@ def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: st
         rows.append(
             f"| {entry.label} | {run_steps:,} | {m['nll']:.2f} | {ppl} | {m['nelbo']:.2f} | {m['kl']:.2f} "
             f"| {m['mi']:.2f} | {m['au']} |{gaps} {m['train_s'] / 60:.0f} min | {m['tokens_per_s']:,.0f} |"
+            + (f" {published(suite, entry.name)} |" if suite.published else "")
         )
     unit = "sentence; ppl per word" if suite.text else "image; tokens/s counts images"
     rows += ["", f"nll, nelbo, kl, mi and the gaps in nats per {unit}; au = active units (of the latent size)."]
@@ -270,6 +333,15 @@ def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: st
         rows[-1] += (" nll: importance sampling from the encoder's posterior; nll (q*): from the SVI-refined one"
                      " (–: a report from before it was computed). The gaps use the lower of the two.")  # fmt: skip
     return "\n".join(rows) + "\n"
+
+
+def published(suite: Suite, name: str) -> str:
+    """A row's published figures as 'ppl / nll / kl / mi / au', '–' where the paper has none."""
+    figures = (suite.published or {}).get(name)
+    if not figures:
+        return "–"
+    cells = [str(figures[key]) if key in figures else "–" for key in ("ppl", "nll", "kl", "mi", "au")]
+    return " / ".join(cells) + (f" ({figures['note']})" if "note" in figures else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps <= 0 or args.iw_samples <= 0 or args.jobs <= 0 or (args.eval_examples or 0) < 0:
             raise UserError("--steps, --iw-samples and --jobs must be positive, --eval-examples not negative")
         chosen = [e for e in suite.entries if e.name in names]
-        plans = {e.name: run_config(args.config, e, args.steps, args.overrides, suite.overrides) for e in chosen}
+        plans = {e.name: run_config(args.config, e, args.steps, args.overrides, suite.overrides, suite.converge)
+                 for e in chosen}  # fmt: skip
         if args.threads:
             torch.set_num_threads(args.threads)
         failed = []

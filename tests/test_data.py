@@ -129,6 +129,26 @@ def test_truncation_is_counted_and_bos_eos_added():
     assert batch.num_tokens == 4 + 3  # predicted tokens: words + <eos>
 
 
+def test_per_word_counts_of_a_truncated_sentence_are_the_words_encoded():
+    # punct split: "a, b, c, d" is 4 whitespace words and 7 ids (a , b , c , d)
+    tok = WordTokenizer.build(["a, b, c, d"], DataConfig(split="punct"))
+    counts = [TextSplit(["a, b, c, d"], tok, limit).word_counts[0] for limit in (1, 2, 3, 4, 6, 7)]
+    assert counts == [2, 2, 3, 3, 4, 5]  # words reached by the kept ids (a word cut in two counts) + <eos>
+    split = TextSplit(["a, b, c, d", "a, b"], tok, max_length=3)  # "a , b" of the first: 2 words
+    assert split.collate([0, 1]).num_words == (2 + 1) + (2 + 1)
+
+
+def test_per_word_counts_with_sentencepiece_follow_the_truncation(tmp_path):
+    sentences = make_sentences(300) + ["The quick brown fox jumps over the lazy dog."] * 5
+    tok = build_tokenizer(DataConfig(tokenizer="sentencepiece", vocab_size=46), sentences, tmp_path / "tok")
+    sentence = "The quick brown fox jumps over the lazy dog."
+    pieces = [len(tok.encode(word)) for word in sentence.split()]  # several pieces a word at this vocabulary
+    assert sum(pieces) == len(tok.encode(sentence)) and max(pieces) > 1
+    for limit in range(1, sum(pieces) + 1):
+        reached = sum(1 for j in range(len(pieces)) if sum(pieces[:j]) < limit)  # words whose first piece is kept
+        assert TextSplit([sentence], tok, limit).word_counts == [reached + 1], limit
+
+
 def test_bucketed_plan_covers_every_sentence_once_and_is_deterministic():
     tok = WordTokenizer.build(make_sentences(500), DataConfig())
     split = TextSplit(make_sentences(500, seed=3), tok, 50)

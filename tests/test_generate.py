@@ -81,6 +81,38 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert torch.isfinite(filter_logits(logits, top_k=3))[0].tolist() == [True, True, True, False]
 
 
+def test_top_k_and_top_p_keep_every_token_tied_at_the_edge():
+    def kept(logits, **options):
+        return torch.isfinite(filter_logits(logits, **options))[0].tolist()
+
+    # the examples: both tied tokens stay, whichever comes first in the vocabulary
+    assert kept(torch.tensor([[1.0, 1.0, 0.0]]), top_k=1) == [True, True, False]
+    assert kept(torch.log(torch.tensor([[0.3, 0.3, 0.4]])), top_p=0.5) == [True, True, True]
+    assert kept(torch.log(torch.tensor([[0.3, 0.3, 0.4]])), top_p=0.4) == [False, False, True]  # 0.4 reaches it
+    # so the kept set never depends on the order of the vocabulary: logits with many ties, shuffled
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 4, (200, 12), generator=generator).float()
+    order = torch.randperm(12, generator=generator)
+    for top_k, top_p in ((1, 1.0), (3, 1.0), (0, 0.3), (0, 0.9), (4, 0.6)):
+        filtered = filter_logits(logits, top_k, top_p)
+        assert torch.equal(filter_logits(logits[:, order], top_k, top_p), filtered[:, order]), (top_k, top_p)
+
+
+def test_slerp_keeps_the_norm_of_nearly_antipodal_ends():
+    # ends 0.001 and 0.0001 rad from antipodal. In fp32 the norm sagged midway (2.29 -> 2.10 on the first pair),
+    # and at 0.0001 sin(omega) rounded to 0: a fall back to lerp, through the origin
+    generator = torch.Generator().manual_seed(0)
+    for delta in (1e-3, 1e-4):
+        a = torch.randn(32, generator=generator, dtype=torch.float64)
+        a = a / a.norm()
+        side = torch.randn(32, generator=generator, dtype=torch.float64)
+        side = side - (side @ a) * a
+        b = -math.cos(delta) * a + math.sin(delta) * side / side.norm()
+        path = slerp((2.2913 * a).float(), (2.2913 * b).float(), torch.linspace(0, 1, 11))
+        assert path.dtype == torch.float32
+        assert torch.allclose(path.norm(dim=1), torch.full((11,), 2.2913), atol=1e-5), delta
+
+
 def test_slerp_keeps_the_norm_of_equal_norm_ends_and_moves_at_constant_angle():
     a, b = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 3.0])
     path = interpolation_path(a, b, 7, "slerp")

@@ -10,9 +10,10 @@ from torch import nn
 
 from textvae import config as config_lib
 from textvae.config import DataConfig, ModelConfig
+from textvae.core.evaluation import evaluate
 from textvae.core.objective import elbo
-from textvae.core.remedies import reset_decoder, split_parameters
-from textvae.core.trainer import Trainer
+from textvae.core.remedies import reset_decoder, split_parameters, watch_latent
+from textvae.core.trainer import Position, Trainer
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.errors import UserError
@@ -193,13 +194,13 @@ def test_bag_of_words_log_probability_is_exact(split):
 
 
 def _run_with_monitor(tiny_config_path, corpus_dir, run_dir, caplog, *overrides):
-    config = config_lib.load(tiny_config_path, [f"data.corpus={corpus_dir}", "train.max_steps=60", "train.eval_every=5",
+    config = config_lib.load(tiny_config_path, [f"data.corpus={corpus_dir}", "train.max_steps=30", "train.eval_every=5",
                                                 "train.collapse_patience=3", "train.collapse_kl=0.1",
                                                 "objective.kl_schedule=constant", *overrides])  # fmt: skip
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         train(config, run_dir)
-    return [r for r in caplog.records if "posterior collapse" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
 
 
 def test_collapse_warning_fires_on_a_collapsed_model_and_not_on_a_healthy_one(
@@ -207,10 +208,70 @@ def test_collapse_warning_fires_on_a_collapsed_model_and_not_on_a_healthy_one(
 ):
     collapsed = _run_with_monitor(tiny_config_path, corpus_dir, tmp_path / "beta", caplog,
                                   "objective.kl_weight=20", "objective.free_bits=0")  # fmt: skip
-    healthy = _run_with_monitor(tiny_config_path, corpus_dir, tmp_path / "fb", caplog,
-                                "objective.kl_weight=1", "objective.free_bits=1.0")  # fmt: skip
+    # free bits hold the KL at 0.16-0.17 nats (over collapse_kl) while validation MI is 0.00 and no unit is
+    # active: z says nothing about x. Before MI and AU counted, this run passed for healthy.
+    free_bits = _run_with_monitor(tiny_config_path, corpus_dir, tmp_path / "fb", caplog,
+                                  "objective.kl_weight=1", "objective.free_bits=1.0")  # fmt: skip
+    # the bag-of-words loss at a higher learning rate puts information into z: MI 0.12 at step 15, 1.0 at 60
+    healthy = _run_with_monitor(tiny_config_path, corpus_dir, tmp_path / "bow", caplog, "objective.kl_weight=1",
+                                "objective.free_bits=1.0", "objective.bow_weight=1.0", "optim.lr=0.01",
+                                "train.max_steps=60", "train.eval_every=10")  # fmt: skip
     assert len(collapsed) == 1  # once per streak, not at every evaluation
+    assert "signal: KL, MI, AU" in collapsed[0] and "z stays at the prior" in collapsed[0]
+    assert len(free_bits) == 1 and "signal: MI, AU" in free_bits[0] and "no information about x" in free_bits[0]
     assert healthy == []
+
+
+class _Recorder:
+    """Stands in for TensorBoard's SummaryWriter: keeps the scalars and texts it is given."""
+
+    def __init__(self):
+        self.scalars, self.texts = {}, []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append(value)
+
+    def add_text(self, tag, text, step):
+        self.texts.append((tag, text))
+
+
+class _IgnoresX(nn.Module):
+    """q(z|x) = N(1.5, 1) in each of 4 dimensions for every x: a KL of 4.5 nats, no information about x."""
+
+    latent_dim = 4
+
+    def encode(self, batch):
+        return torch.full((batch.size, 4), 1.5), torch.zeros(batch.size, 4)
+
+    def log_likelihood(self, batch, z):
+        return -z.pow(2).sum(-1)
+
+
+def test_collapse_alarm_fires_on_an_x_independent_posterior_with_a_high_kl(caplog):
+    batches = [SimpleNamespace(size=20, num_tokens=20, footprint=20, to=lambda device, i=i: batches[i])
+               for i in range(3)]  # fmt: skip
+    torch.manual_seed(0)
+    metrics = evaluate(_IgnoresX(), batches, 4, torch.device("cpu"))
+    assert metrics["kl"] == pytest.approx(4.5) and abs(metrics["mi"]) < 1e-5 and metrics["au"] == 0
+    config = config_lib.from_dict({"train": {"collapse_patience": 3}})  # collapse_kl 0.1: the KL alone is fine
+    trainer = SimpleNamespace(model=_IgnoresX(), position=Position(step=100), config=config)
+    writer = _Recorder()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(4):
+            watch_latent(trainer, metrics, writer)
+    warnings = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
+    assert len(warnings) == 1 and "signal: MI, AU" in warnings[0]
+    assert writer.texts == [("val/collapse_warning", warnings[0])]
+    assert writer.scalars["val/collapse_kl"] == [0.0] * 4  # which signal: TensorBoard says it too
+    assert writer.scalars["val/collapse_mi"] == writer.scalars["val/collapse_au"] == [1.0] * 4
+    assert writer.scalars["val/collapsed"] == [0.0, 0.0, 1.0, 1.0]
+    # the thresholds are the config's: off, the information signals are silent
+    quiet = config_lib.from_dict({"train": {"collapse_patience": 3, "collapse_mi": 0.0, "collapse_au": 0}})
+    trainer = SimpleNamespace(model=_IgnoresX(), position=Position(step=100), config=quiet)
+    writer = _Recorder()
+    for _ in range(4):
+        watch_latent(trainer, metrics, writer)
+    assert writer.texts == [] and writer.scalars["val/collapsed"] == [0.0] * 4
 
 
 def test_aggressive_run_with_bag_of_words_resumes_to_the_same_parameters(tiny_config_path, corpus_dir, tmp_path):
@@ -225,3 +286,20 @@ def test_aggressive_run_with_bag_of_words_resumes_to_the_same_parameters(tiny_co
     assert straight["position"] == resumed["position"] and straight["position"]["encoder_steps"] > 8
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_early_stopping_waits_for_the_end_of_autoencoder_pretraining(tmp_path):
+    # The validation nelbo worsens at every evaluation of the pretraining phase (steps 2, 4, 6), as an
+    # autoencoder's does while its code sharpens; with early_stopping 1 the run must still reach the VAE phase.
+    config = config_lib.from_dict({
+        "objective": {"kl_schedule": "constant", "pretrain_steps": 8},
+        "train": {"max_steps": 20, "eval_every": 2, "early_stopping": 1, "device": "cpu", "collapse_patience": 0},
+        "optim": {"lr_decay": 1.0},
+    })  # fmt: skip
+    torch.manual_seed(0)
+    nelbos = iter([1.0, 2.0, 3.0, 4.0, 3.5, 3.8, 3.0, 3.0, 3.0, 3.0])
+    trainer = Trainer(_TinyVAE(), _Source(), lambda m: {"nelbo": next(nelbos), "kl": 1.0}, config, tmp_path,
+                      torch.device("cpu"))  # fmt: skip
+    trainer.fit()
+    # from step 8 on, the VAE phase: 4.0, 3.5 (step 10, a new best), 3.8 (step 12, one bad evaluation: stop)
+    assert trainer.position.step == 12

@@ -1,6 +1,7 @@
 """End to end on the tiny config: train -> save -> resume -> evaluate, and the CLI's errors."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 from textvae import config as config_lib
 from textvae.cli import main
 from textvae.core.evaluation import spread
+from textvae.data.tokenizer import load_tokenizer
 from textvae.pipeline import train
 
 
@@ -60,6 +62,8 @@ def test_cli_trains_and_evaluates_the_tiny_config(tiny_config_path, corpus_dir, 
     assert main(["evaluate", str(run), "--iw-samples", "7", "--json", "--max-examples", "9"]) == 0
     part = json.loads(capsys.readouterr().out)
     assert part["sentences"] == 9 and part["max_examples"] == 9
+    assert part["mi_over"] == "--max-examples part of the split, N = 9"  # MI over 9 examples: at most log 9
+    assert part["mi_ceiling"] == pytest.approx(math.log(9)) and metrics["mi_ceiling"] == pytest.approx(math.log(40))
     assert main(["evaluate", str(run), "--iw-samples", "7", "--json", "--max-examples", "400"]) == 0
     assert json.loads(capsys.readouterr().out)["sentences"] == 40  # more than the split has: all of it
 
@@ -154,6 +158,14 @@ def test_subword_run_reports_perplexity_per_word(tiny_config_path, corpus_dir, t
     assert main(["evaluate", str(run), "--iw-samples", "3", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["ppl_per"] == "word"
-    words = sum(len(line.split()) + 1 for line in (corpus_dir / "test.txt").read_text().splitlines())
-    assert metrics["words"] == words and metrics["tokens"] != words
+    tokenizer = load_tokenizer(run / "tokenizer")
+
+    def words_encoded(line):  # words whose first piece is among the first 20 (tiny.yaml's data.max_length)
+        pieces = [len(tokenizer.encode(word)) for word in line.split()]
+        return sum(1 for j in range(len(pieces)) if sum(pieces[:j]) < 20)
+
+    lines = (corpus_dir / "test.txt").read_text().splitlines()
+    words = sum(words_encoded(line) + 1 for line in lines)
+    assert metrics["words"] == words < sum(len(line.split()) + 1 for line in lines)  # some lines are cut
+    assert metrics["tokens"] != words
     assert metrics["ppl"] == pytest.approx(math.exp(metrics["nll"] * metrics["sentences"] / words), rel=1e-6)

@@ -56,6 +56,7 @@ class ModelConfig:
     mixture_covariance: str = "diag"  # vade: diag (the paper's) | full (a Cholesky factor per component)
     mixture_init: str = "gmm"  # vade: gmm (the paper's: a GMM fitted on the pretrained means) | umap (the mixture of
     # the clusters that UMAP + a GMM find on the code's manifold, N2D, McConville et al. 2020; needs umap-learn)
+    bn_gamma: float = 0.0  # BN-VAE (Zhu et al. 2020): batch-normalize the posterior mean, scale fixed at gamma; 0: off
     flow: str = "none"  # posterior flow on the Gaussian q(z|x): none | planar | iaf (textvae/core/flows.py)
     flow_layers: int = 2  # flow layers when model.flow is not none
     flow_hidden: int = 64  # IAF: width of each layer's masked (MADE) hidden layer
@@ -119,7 +120,10 @@ class TrainConfig:
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     max_nonfinite_steps: int = 20  # consecutive skipped (NaN/inf) steps before the run stops
     collapse_kl: float = 0.1  # collapse monitor: validation KL (nats per example) below this is counted
-    collapse_patience: int = 3  # evaluations in a row below collapse_kl before the collapse warning; 0 disables
+    collapse_patience: int = 3  # evaluations in a row with a collapse signal before the warning; 0 disables
+    # KL alone misses an x-independent posterior that free bits hold away from the prior: information counts too
+    collapse_mi: float = 0.1  # validation MI (nats) below this is counted; 0 disables (MI <= KL always)
+    collapse_au: int = 1  # fewer validation active units than this are counted (1: none active); 0 disables
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,8 @@ def validate(config: Config) -> Config:
             raise UserError(f"config key objective.{key}: {model.name} has no latent code")
     if objective.bow_weight and model.name in IMAGE_MODELS:
         raise UserError("config key objective.bow_weight: the bag-of-words loss is for text models")
+    if model.bn_gamma and (model.name.endswith("_lm") or model.name in IMAGE_MODELS):
+        raise UserError(f"config key model.bn_gamma: BN-VAE's posterior head is for the text VAEs, not {model.name}")
     if model.flow != "none" and model.name.endswith("_lm"):
         raise UserError(f"config key model.flow: {model.name} has no latent code")
     if model.flow != "none" and objective.free_bits > 0 and objective.free_bits_mode == "dim":

@@ -236,7 +236,9 @@ def evaluate_run(
             return evaluate_image_run(run_dir, config, split, iw_samples, precision, gaps, max_examples)
     run = load_run(run_dir)
     batches = split_batches(run, split, max_examples)
-    metrics = evaluate(run.model, batches, iw_samples, run.device, precision, ppl_unit=ppl_unit(run.tokenizer))
+    population = "split" if max_examples is None else "--max-examples part of the split"
+    metrics = evaluate(run.model, batches, iw_samples, run.device, precision, ppl_unit=ppl_unit(run.tokenizer),
+                       population=population)  # fmt: skip
     metrics["split"] = split
     metrics["checkpoint_step"] = run.step
     if max_examples is not None:

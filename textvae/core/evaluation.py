@@ -11,7 +11,16 @@ from tqdm import tqdm
 
 from textvae.core import distributed
 from textvae.core.device import autocast
-from textvae.core.estimators import active_units, iw_chunk, iw_log_likelihood, iw_log_weights, mutual_information
+from textvae.core.estimators import (
+    AU_SAMPLES,
+    active_units,
+    iw_chunk,
+    iw_log_likelihood,
+    iw_log_weights,
+    mi_ceiling,
+    mutual_information,
+    posterior_mean,
+)
 from textvae.core.gaussian import reparameterize
 from textvae.core.objective import LatentModel, kl_divergence, monte_carlo_kl_per_dim
 
@@ -33,20 +42,24 @@ def evaluate(
     token_budget: int = 32768,
     seed: int = 0,
     ppl_unit: str = "token",
+    population: str = "split",
 ) -> dict[str, Any]:
     """Metrics of DESIGN.md over all `batches` (per example, summed over tokens); deterministic under `seed`.
 
     The encoder runs once per batch; its posterior serves all K importance samples, drawn in chunks
     so that at most about `token_budget` tokens go through the decoder at once. `ppl_unit` "word"
     divides by words (+1 per sentence end) instead of tokens: comparable across subword vocabularies.
+    `population` names what the batches are (the whole split, or a part of it) in `mi_over`.
     """
     was_training = model.training
     model.eval()
     totals = {"rec": 0.0, "kl": 0.0, "nll": 0.0}
     examples = tokens = words = 0
-    mus, logvars = [], []
+    mus, logvars, means = [], [], []  # means: E_q[z|x] of the z the decoder reads, for active units
     kl_sums = None  # per-dimension KL summed over examples
     flow = getattr(model, "posterior_flow", None) is not None
+    # one set of base-noise draws for every example: see estimators.posterior_mean
+    noise = torch.randn(AU_SAMPLES, model.latent_dim, generator=torch.Generator().manual_seed(seed)) if flow else None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for batch in tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None):
@@ -71,6 +84,8 @@ def evaluate(
                     nll = -iw_log_likelihood(log_w)
                     mus.append(mu.float().cpu())
                     logvars.append(logvar.float().cpu())
+            if flow:  # in fp32, outside autocast: a property of the model, not of bf16
+                means.append(posterior_mean(model, mu, logvar, noise).cpu())
             totals["rec"] += float(rec.sum())
             totals["kl"] += float(kl.sum())
             totals["nll"] += float(nll.sum())
@@ -87,10 +102,14 @@ def evaluate(
                 kl_sums = distributed.sum_across(kl_sums if kl_sums is not None else torch.zeros(model.latent_dim))
             mus = [t for part in distributed.gather(mus) for t in part]
             logvars = [t for part in distributed.gather(logvars) for t in part]
+            means = [t for part in distributed.gather(means) for t in part]
         mu_all = torch.cat(mus) if mus else torch.zeros(examples, 0)
         logvar_all = torch.cat(logvars) if logvars else torch.zeros(examples, 0)
+        # MI of the base Gaussian: the flow is one bijection for all x, which leaves I(x; z) unchanged
         mi = mutual_information(mu_all, logvar_all)
+        mean_all = torch.cat(means) if means else mu_all
     model.train(was_training)
+    scope = f"{population}, N = {mu_all.shape[0]}" + (", base Gaussian (same MI after the flow)" if flow else "")
     kl_per_dim = kl_sums.cpu() / max(1, examples) if kl_sums is not None else torch.zeros(0)
     rec, kl, nll = (totals[k] / max(1, examples) for k in ("rec", "kl", "nll"))
     metrics = {
@@ -101,8 +120,9 @@ def evaluate(
         "ppl": math.exp(min(700.0, totals["nll"] / max(1, words if ppl_unit == "word" else tokens))),
         "ppl_per": ppl_unit,
         "mi": mi,
-        "mi_over": "split, base Gaussian (before the flow)" if flow else "split",
-        "au": active_units(mu_all),
+        "mi_ceiling": mi_ceiling(mu_all.shape[0]),
+        "mi_over": scope,
+        "au": active_units(mean_all),
         "sentences": examples,
         "tokens": tokens,
         "words": words,
@@ -111,4 +131,5 @@ def evaluate(
     }
     if flow:
         metrics["kl_estimate"] = f"monte-carlo, {iw_samples} draws per example"
+        metrics["au_estimate"] = f"E_q[z|x] after the flow from {AU_SAMPLES} draws per example (the same draws for all)"
     return metrics

@@ -17,9 +17,11 @@ from torch import Tensor, nn
 
 from textvae.core.gaussian import log_normal, reparameterize
 
+PLANAR_MARGIN = 1e-3  # w.u_hat >= -1 + this margin, so that det = 1 + h'(.) w.u_hat >= the margin > 0
+
 
 class PlanarFlow(nn.Module):
-    """z' = z + u_hat tanh(w.z + b), with u_hat such that w.u_hat >= -1 (invertible)."""
+    """z' = z + u_hat tanh(w.z + b), with u_hat such that w.u_hat > -1 (invertible)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -27,14 +29,26 @@ class PlanarFlow(nn.Module):
         self.w = nn.Parameter(torch.randn(dim) * 0.01)
         self.b = nn.Parameter(torch.zeros(()))
 
+    def u_hat(self) -> Tensor:
+        """u moved along w so that w.u_hat = -1 + PLANAR_MARGIN + softplus(w.u) (Rezende & Mohamed 2015, App. A).
+
+        Without the margin, softplus(w.u) underflows to 0 in fp32 once w.u < -17, and w.u_hat lands on -1 or
+        just below (rounding): a Jacobian determinant of 0 or less, a map that is no longer invertible. fp32
+        rounds w.u_hat by about 1e-7 |w| |u|: the margin holds while |w| |u| stays well under 1e4.
+        Elementwise products and sums in the parameters' dtype, not a matmul, which autocast would run in
+        bf16 (rounding w.u by 0.4%, more than the margin). -> [D]
+        """
+        wu = (self.w * self.u).sum()
+        return self.u + (F.softplus(wu) - 1.0 + PLANAR_MARGIN - wu) * self.w / self.w.pow(2).sum().clamp_min(1e-12)
+
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z: [..., D] -> z', log |det dz'/dz| [...]."""
-        wu = self.w @ self.u
-        u_hat = self.u + (F.softplus(wu) - 1.0 - wu) * self.w / self.w.pow(2).sum().clamp_min(1e-12)
+        u_hat = self.u_hat()
         activation = torch.tanh(z @ self.w + self.b)  # [...]
         z_new = z + u_hat * activation.unsqueeze(-1)
-        psi = (1.0 - activation.pow(2)).unsqueeze(-1) * self.w  # [..., D]
-        return z_new, torch.log((1.0 + psi @ u_hat).abs().clamp_min(1e-12))
+        # det = 1 + h'(w.z + b) w.u_hat with h' = 1 - tanh^2 in [0, 1]: at least PLANAR_MARGIN, by u_hat's construction
+        slope = 1.0 - activation.to(torch.promote_types(activation.dtype, torch.float32)).pow(2)
+        return z_new, torch.log((1.0 + slope * (self.w * u_hat).sum()).clamp_min(1e-12))
 
 
 class MaskedLinear(nn.Linear):

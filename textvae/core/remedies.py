@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from textvae.config import ObjectiveConfig
+from textvae.config import ObjectiveConfig, TrainConfig
 from textvae.core import distributed
 from textvae.core.device import autocast
 from textvae.errors import UserError
@@ -101,9 +101,27 @@ def encoder_steps(trainer: Any, weight: float, sample: bool) -> int:
     return len(picks)
 
 
+def collapse_signals(metrics: dict[str, Any], train: TrainConfig) -> dict[str, str]:
+    """The collapse signals that validation `metrics` show, by name (kl, mi, au), each saying what it saw.
+
+    A low KL means z stays at the prior. An x-independent posterior can keep a KL of several nats (free bits
+    hold it away from the prior) while z says nothing about x: MI about 0 and no active unit, a decoder as good
+    as a language model and no warning from the KL (issue 23). MI and active units measure that information.
+    """
+    signals = {}
+    if "kl" in metrics and metrics["kl"] < train.collapse_kl:
+        signals["kl"] = f"KL {metrics['kl']:.3f} < {train.collapse_kl} nats"
+    if "mi" in metrics and train.collapse_mi > 0 and metrics["mi"] < train.collapse_mi:
+        signals["mi"] = f"MI {metrics['mi']:.3f} < {train.collapse_mi} nats"
+    if "au" in metrics and metrics["au"] < train.collapse_au:
+        signals["au"] = f"active units {metrics['au']} < {train.collapse_au}"
+    return signals
+
+
 def watch_latent(trainer: Any, metrics: dict[str, Any], writer) -> None:
-    """At a scheduled evaluation: end aggressive training once validation MI falls (He et al.); warn when the
-    KL has stayed below train.collapse_kl for train.collapse_patience evaluations in a row (collapse)."""
+    """At a scheduled evaluation: end aggressive training once validation MI falls (He et al.); warn once a
+    collapse signal (`collapse_signals`) has shown at train.collapse_patience evaluations in a row, naming the
+    signals in the log and in TensorBoard (val/collapse_kl, val/collapse_mi, val/collapse_au: 1 when seen)."""
     position, step, objective = trainer.position, trainer.position.step, trainer.config.objective
     if getattr(trainer.model, "latent_dim", 0) == 0 or step < objective.pretrain_steps:
         return
@@ -115,15 +133,19 @@ def watch_latent(trainer: Any, metrics: dict[str, Any], writer) -> None:
         position.last_mi = metrics["mi"]
     writer.add_scalar("val/aggressive", float(aggressive_now(objective, position)), step)
     train = trainer.config.train
-    if not train.collapse_patience or "kl" not in metrics:
+    if not train.collapse_patience:
         return
-    position.low_kl_evals = position.low_kl_evals + 1 if metrics["kl"] < train.collapse_kl else 0
-    writer.add_scalar("val/collapsed", float(position.low_kl_evals >= train.collapse_patience), step)
-    if position.low_kl_evals == train.collapse_patience:
+    signals = collapse_signals(metrics, train)
+    for name in ("kl", "mi", "au"):
+        writer.add_scalar(f"val/collapse_{name}", float(name in signals), step)
+    position.collapse_evals = position.collapse_evals + 1 if signals else 0
+    writer.add_scalar("val/collapsed", float(position.collapse_evals >= train.collapse_patience), step)
+    if position.collapse_evals == train.collapse_patience:
+        what = "z stays at the prior" if "kl" in signals else "z carries no information about x, whatever its KL"
         message = (
-            f"step {step}: posterior collapse: validation KL {metrics['kl']:.3f} < {train.collapse_kl} nats for "
-            f"{position.low_kl_evals} evaluations in a row (active units {metrics.get('au', '?')}); the decoder "
-            "ignores z. Remedies: KL annealing, word dropout, free bits, objective.aggressive, "
+            f"step {step}: posterior collapse (signal: {', '.join(name.upper() for name in signals)}): "
+            f"{'; '.join(signals.values())}, a collapse signal at {position.collapse_evals} evaluations in a row: "
+            f"{what}; the decoder ignores z. Remedies: KL annealing, word dropout, free bits, objective.aggressive, "
             "objective.bow_weight (README: Keeping the latent code alive)"
         )
         log.warning("%s", message)

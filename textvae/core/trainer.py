@@ -48,7 +48,7 @@ class Position:
     aggressive: bool = True  # objective.aggressive still on (it ends for good when validation MI falls)
     last_mi: float = -math.inf  # validation MI at the previous evaluation, for aggressive training
     encoder_steps: int = 0  # encoder-only steps taken by aggressive training
-    low_kl_evals: int = 0  # evaluations in a row with validation KL below train.collapse_kl
+    collapse_evals: int = 0  # evaluations in a row with a collapse signal (train.collapse_kl, _mi, _au)
 
 
 def summarize(metrics: dict[str, Any]) -> str:
@@ -159,7 +159,9 @@ class Trainer:
             raise UserError(f"{self.last_path}: checkpoint is of another model or vocabulary") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.position = Position(**state["position"])
+        saved = dict(state["position"])
+        saved.setdefault("collapse_evals", saved.pop("low_kl_evals", 0))  # the name before MI and AU counted
+        self.position = Position(**saved)
         ranks = state.get("rng_ranks") or []
         if self.world > 1 and len(ranks) != self.world:
             log.warning("resuming on %d processes a run saved on %d: random streams restart", self.world, len(ranks))
@@ -327,7 +329,8 @@ class Trainer:
                     # An extra evaluation at the last step only reports: the LR schedule, best.pt and early
                     # stopping see the eval_every grid alone, so a run extended later matches a longer one.
                     metrics = self.evaluate(writer, scheduled=evaluated)
-                    stop = 0 < train.early_stopping <= self.position.bad_evals
+                    # never during autoencoder pretraining: its nelbo is not the objective being trained
+                    stop = 0 < train.early_stopping <= self.position.bad_evals and not self._pretraining()
                 if evaluated or step % checkpoint_every == 0 or self._stopping is not None:
                     self.save(self.last_path)
                 if self._stopping is not None:
@@ -345,6 +348,9 @@ class Trainer:
         bar.close()
         writer.close()
         return metrics
+
+    def _pretraining(self) -> bool:
+        return self.position.step < self.config.objective.pretrain_steps
 
     def _finish_pretraining(self) -> None:
         """The step after which the autoencoder phase ends: run the hook, start the VAE phase afresh, save."""

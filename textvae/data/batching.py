@@ -18,7 +18,7 @@ class TextBatch:
     tokens: Tensor  # [B, T] <bos> w_1 .. w_n <eos> <pad> ...
     lengths: Tensor  # [B] n + 2, on the CPU (packing needs host lengths)
     num_tokens: int  # predicted tokens: sum of n + 1 (<eos> included, <bos> not)
-    num_words: int = 0  # whitespace words + 1 (<eos>) per sentence, for per-word perplexity with subwords
+    num_words: int = 0  # whitespace words encoded + 1 (<eos>) per sentence, for per-word perplexity with subwords
 
     @property
     def size(self) -> int:
@@ -31,6 +31,22 @@ class TextBatch:
 
     def to(self, device: torch.device) -> TextBatch:
         return TextBatch(transfer(self.tokens, device), self.lengths, self.num_tokens, self.num_words)
+
+
+def encoded_words(sentence: str, tokenizer: Tokenizer, kept: int) -> int:
+    """Whitespace words of `sentence` that its first `kept` ids reach; a word cut by the truncation counts.
+
+    Per-word perplexity divides the NLL of the encoded ids by these words, not by the whole sentence's. Pieces
+    never cross a space (word vocabularies and sentencepiece's default), so the sentence's ids are its words'
+    ids one after the other; only the words up to the cut are encoded.
+    """
+    reached = ids = 0
+    for word in sentence.split():
+        if ids >= kept:
+            break
+        reached += 1
+        ids += len(tokenizer.encode(word))
+    return reached
 
 
 def transfer(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -47,14 +63,16 @@ class TextSplit:
         self.tokenizer = tokenizer
         self.sequences: list[Tensor] = []
         self.truncated = 0
-        self.word_counts: list[int] = []  # whitespace words + 1 (<eos>) per sentence
+        self.word_counts: list[int] = []  # whitespace words encoded + 1 (<eos>) per sentence
         for sentence in sentences:
             ids = tokenizer.encode(sentence)
+            words = len(sentence.split())
             if len(ids) > max_length:
                 ids = ids[:max_length]
+                words = encoded_words(sentence, tokenizer, max_length)
                 self.truncated += 1
             self.sequences.append(torch.tensor([tokenizer.bos_id, *ids, tokenizer.eos_id], dtype=torch.long))
-            self.word_counts.append(len(sentence.split()) + 1)
+            self.word_counts.append(words + 1)
         self.lengths = [len(s) for s in self.sequences]
 
     def __len__(self) -> int:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from textvae.config import ModelConfig
+from textvae.core.dropout import Dropout
 from textvae.core.word_dropout import WordDropout
 from textvae.models.sequence import repeat_for_samples, sequence_log_prob
 
@@ -19,9 +20,9 @@ class LSTMDecoder(nn.Module):
         self.num_layers, self.hidden_size = config.num_layers, config.hidden_size
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=pad_id)
         self.word_dropout = WordDropout(config.word_dropout, unk_id, specials)
-        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.embedding_dropout = Dropout(config.embedding_dropout)
         self.lstm = nn.LSTM(config.embedding_dim + latent_dim, config.hidden_size, config.num_layers, batch_first=True)
-        self.output_dropout = nn.Dropout(config.output_dropout)
+        self.output_dropout = Dropout(config.output_dropout)
         self.output = nn.Linear(config.hidden_size, vocab_size)
         # Bowman et al. 2016: z -> initial cell state of every layer; h0 = tanh(c0).
         self.latent_to_state = nn.Linear(latent_dim, config.num_layers * config.hidden_size) if latent_dim else None

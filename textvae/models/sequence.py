@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def repeat_for_samples(tokens: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor | None, int]:
@@ -23,8 +24,10 @@ def sequence_log_prob(hidden: Tensor, targets: Tensor, output: nn.Module, pad_id
     Only real positions reach the output projection: padding rows never touch the vocabulary-wide softmax.
     """
     mask = targets != pad_id
-    if torch.is_grad_enabled() or not isinstance(output, nn.Linear):
+    if not isinstance(output, nn.Linear):
         token_nll = TargetNLL.apply(output(hidden[mask]), targets[mask])
+    elif torch.is_grad_enabled():
+        token_nll = linear_nll(hidden[mask], targets[mask], output)
     else:  # evaluation: the same numbers without an [M, V] log-softmax in memory
         token_nll = target_nll(hidden[mask], targets[mask], output)
     nll = torch.zeros(mask.shape, dtype=token_nll.dtype, device=targets.device)
@@ -61,6 +64,62 @@ def target_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = 2
             block = slice(start, start + rows)
             out[block] = _block_nll(F.linear(hidden[block], weight, bias), targets[block])
     return out
+
+
+def linear_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = 1024) -> Tensor:
+    """-log softmax(output(hidden))[target] per row, in fp32, differentiable: [M, H], [M] -> [M].
+
+    The output layer and the cross-entropy as one autograd step (`LinearNLL`), in the autocast dtype if any.
+    """
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    with torch.autocast(device_type, enabled=False):
+        return LinearNLL.apply(hidden, output.weight, output.bias, targets, dtype, rows)
+
+
+class LinearNLL(torch.autograd.Function):
+    """-log softmax(hidden @ weight.T + bias)[target] per row: the output layer and its cross-entropy fused.
+
+    Forward, per block of rows: the logits in `dtype` (one GEMM), their fp32 log-softmax read at the target,
+    and right away the gradient of the NLL with respect to the logits, softmax - one-hot, stored in `dtype`.
+    Backward scales those rows by the incoming gradient and makes the hidden and weight gradients with one
+    GEMM each over all rows. Against the output layer + `TargetNLL` this keeps no logits, computes the
+    softmax once instead of twice and casts the weight once: the paper-scale LSTM VAE step (vocabulary 10k,
+    1024 units) runs about 1.3x faster in bf16 on this CPU (scripts/bench_train.py).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, dtype, rows):
+        h, w = hidden.to(dtype), weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        rows = _block_rows(rows, h.shape[0], h.device.type)
+        out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        grad_logits = torch.empty(h.shape[0], w.shape[0], dtype=dtype, device=h.device)
+        for start in range(0, h.shape[0], rows):
+            block = slice(start, start + rows)
+            log_probs = torch.log_softmax(F.linear(h[block], w, b), -1, dtype=torch.float32)
+            index = targets[block, None]
+            out[block] = -log_probs.gather(1, index)[:, 0]
+            probs = log_probs.exp_()
+            grad_logits[block] = probs.scatter_add_(1, index, -torch.ones_like(probs[:, :1]))
+        ctx.save_for_backward(h, w, grad_logits)
+        ctx.types = (hidden.dtype, weight.dtype, bias is not None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        h, w, grad_logits = ctx.saved_tensors
+        hidden_dtype, weight_dtype, has_bias = ctx.types
+        # The incoming gradient scales rows of grad_logits [M, V]; it is applied to the [M, H] side instead
+        # (10x fewer elements), and the bias gradient is a vector-matrix product, not a column sum.
+        scale = grad.to(grad_logits.dtype)[:, None]  # [M, 1]
+        grad_hidden = ((grad_logits @ w) * scale).to(hidden_dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_logits.t() @ (h * scale)).to(weight_dtype) if ctx.needs_input_grad[1] else None
+        grad_bias = None
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_bias = (scale.t() @ grad_logits)[0].to(weight_dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 class TargetNLL(torch.autograd.Function):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textvae.config import ModelConfig
-from textvae.core.gaussian import bound_logvar
+from textvae.core.posterior import PosteriorHead
 from textvae.core.word_dropout import WordDropout
 from textvae.models.sequence import repeat_for_samples, sequence_log_prob
 
@@ -153,7 +153,7 @@ class TransformerVAE(nn.Module):
             Block(width, config.num_heads, config.hidden_size, config.output_dropout) for _ in range(config.num_layers)
         )
         self.norm = nn.LayerNorm(width)
-        self.to_posterior = nn.Linear(width, 2 * config.latent_dim)
+        self.to_posterior = PosteriorHead(width, config.latent_dim, config.bn_gamma)
         self.decoder = TransformerDecoder(vocab_size, config, config.latent_dim, pad_id, unk_id, special_ids)
 
     def encode(self, batch) -> tuple[Tensor, Tensor]:
@@ -167,8 +167,7 @@ class TransformerVAE(nn.Module):
             x, _ = block(x, mask)
         x = self.norm(x)
         pooled = (x * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
-        mu, logvar = self.to_posterior(pooled).float().chunk(2, dim=-1)
-        return mu, bound_logvar(logvar)
+        return self.to_posterior(pooled)
 
     def log_likelihood(self, batch, z: Tensor) -> Tensor:
         """log p(x|z) per sentence and sample. z: [B, K, D] -> [B, K]."""

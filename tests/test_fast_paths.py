@@ -1,0 +1,138 @@
+"""The training step's fast paths compute what the plain PyTorch ones do: the fused output layer +
+cross-entropy (`LinearNLL`), the unpacked LSTM encoder and the 16-bit dropout mask.
+
+Exactness is checked in fp64 (fp32 inside the log-softmax: 1e-6 relative); under bf16 autocast the fused path is
+compared with PyTorch's own autocast path at bf16's resolution (values 1e-2 nats, gradients 2% of their scale).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textvae.config import DataConfig, ModelConfig
+from textvae.core.dropout import dropout, keep_mask
+from textvae.data.batching import TextSplit
+from textvae.data.tokenizer import WordTokenizer
+from textvae.models import build_text_model
+from textvae.models.sequence import linear_nll
+
+from conftest import make_sentences
+
+
+def _grads(output, hidden):
+    return [hidden.grad.clone(), output.weight.grad.clone(), output.bias.grad.clone()]
+
+
+@pytest.mark.parametrize("rows", [1, 7, 40, 4096])
+def test_fused_output_layer_has_cross_entropys_value_and_gradients(rows):
+    torch.manual_seed(0)
+    output = nn.Linear(12, 60).double()
+    hidden = torch.randn(40, 12, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 60, (40,))
+    weights = torch.randn(40, dtype=torch.float64)  # a non-uniform incoming gradient (IW bounds give one)
+    got = linear_nll(hidden, targets, output, rows=rows)
+    (got.double() * weights).sum().backward()
+    fused = _grads(output, hidden)
+    hidden.grad = None
+    output.zero_grad()
+    expected = F.cross_entropy(output(hidden), targets, reduction="none")
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(got.double(), expected.detach(), rtol=1e-6, atol=1e-6)
+    for name, a, b in zip(("hidden", "weight", "bias"), fused, _grads(output, hidden), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_output_layer_under_bf16_matches_the_autocast_path():
+    torch.manual_seed(1)
+    output = nn.Linear(64, 500)
+    hidden = torch.randn(300, 64, requires_grad=True)
+    targets = torch.randint(0, 500, (300,))
+    runs = []
+    for fused in (False, True):
+        hidden.grad = None
+        output.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if fused:
+                nll = linear_nll(hidden, targets, output, rows=64)
+            else:
+                nll = F.cross_entropy(output(hidden).float(), targets, reduction="none")
+        nll.sum().backward()
+        assert nll.dtype == torch.float32
+        runs.append([nll.detach(), *_grads(output, hidden)])
+    (plain_nll, *plain), (fused_nll, *fused) = runs
+    torch.testing.assert_close(fused_nll, plain_nll, rtol=0, atol=1e-2)
+    for a, b in zip(fused, plain, strict=True):
+        assert a.dtype == b.dtype == torch.float32
+        assert (a - b).abs().max() <= 0.02 * b.abs().max()
+
+
+def test_fused_output_layer_gives_a_gradient_to_a_tied_weight_once_per_use():
+    torch.manual_seed(2)
+    embedding = nn.Embedding(30, 8).double()
+    output = nn.Linear(8, 30, bias=False).double()
+    output.weight = embedding.weight  # tied, as the Transformer decoder may do
+    tokens = torch.randint(0, 30, (20,))
+    hidden = embedding(tokens)
+    linear_nll(hidden, tokens.roll(1), output).sum().backward()
+    fused = embedding.weight.grad.clone()
+    embedding.weight.grad = None
+    F.cross_entropy(output(embedding(tokens)), tokens.roll(1), reduction="sum").backward()
+    torch.testing.assert_close(fused, embedding.weight.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def split():
+    sentences = make_sentences(30)
+    return TextSplit(sentences, WordTokenizer.build(sentences, DataConfig()), 30)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_unpacked_encoder_reads_each_sentence_to_its_own_end(split, layers):
+    torch.manual_seed(3)
+    model = build_text_model(ModelConfig(embedding_dim=8, hidden_size=12, latent_dim=3, num_layers=layers),
+                             split.tokenizer).double().eval()  # fmt: skip
+    batch = split.collate(list(range(12)))
+    assert len(set(batch.lengths.tolist())) > 3  # sentences of several lengths, padded
+    mu, logvar = model.encode(batch)
+    words = batch.tokens[:, 1:]
+    packed = nn.utils.rnn.pack_padded_sequence(model.embedding(words), batch.lengths - 1, batch_first=True,
+                                               enforce_sorted=False)  # fmt: skip
+    _, (h_n, _) = model.encoder(packed)
+    expected_mu, expected_logvar = model.to_posterior(h_n[-1])
+    torch.testing.assert_close(mu, expected_mu, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(logvar, expected_logvar, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
+def test_dropout_mask_keeps_the_expected_share_and_preserves_the_mean(rate):
+    torch.manual_seed(4)
+    count = 1_000_000
+    keep, scale = keep_mask(torch.Size([count]), rate, torch.device("cpu"))
+    kept = keep.double().mean().item()
+    sigma = (rate * (1 - rate) / count) ** 0.5
+    assert abs(kept - (1 - rate)) < 5 * sigma + 1 / 65536
+    assert abs(scale * kept - 1) < 5 * sigma / (1 - rate) + 2 / 65536
+    x = torch.full((count,), 2.0)
+    out = dropout(x, rate, training=True)
+    values = out.unique()  # each element dropped or scaled, nothing else
+    assert len(values) == 2 and values[0] == 0.0 and abs(values[1].item() - 2.0 * scale) < 1e-5
+
+
+def test_dropout_mask_bits_are_independent_across_the_draws():
+    torch.manual_seed(5)
+    keep, _ = keep_mask(torch.Size([400_000]), 0.5, torch.device("cpu"))
+    pairs = keep.view(-1, 4).double()  # the four masks cut from one 64-bit draw
+    correlation = torch.corrcoef(pairs.t())
+    off_diagonal = correlation[~torch.eye(4, dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 0.01
+
+
+def test_dropout_is_the_identity_in_eval_mode_and_repeatable_by_seed():
+    x = torch.randn(3, 5, 7)
+    assert dropout(x, 0.5, training=False) is x
+    torch.manual_seed(6)
+    first = dropout(x, 0.3, training=True)
+    torch.manual_seed(6)
+    torch.testing.assert_close(dropout(x, 0.3, training=True), first, rtol=0, atol=0)
+    assert not torch.equal(dropout(x, 0.3, training=True), first)
