@@ -1,6 +1,7 @@
 """End to end on the tiny config: train -> save -> resume -> evaluate, and the CLI's errors."""
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -38,10 +39,14 @@ def test_resumed_run_reaches_the_same_parameters(tiny_config_path, corpus_dir, t
     assert all(torch.equal(a, b) for a, b in zip(exp_avg, exp_avg_resumed))
 
 
-def test_cli_trains_and_evaluates_the_tiny_config(tiny_config_path, corpus_dir, tmp_path, capsys):
+def test_cli_trains_and_evaluates_the_tiny_config(tiny_config_path, corpus_dir, tmp_path, capsys, caplog):
     run = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="textvae.core.trainer")
     assert main(["train", str(tiny_config_path), "--set", f"data.corpus={corpus_dir}", "--run-dir", str(run)]) == 0
     out = capsys.readouterr().out
+    # off a terminal the progress bar is silent: one log line every train.log_every (5) steps instead
+    progress = [r.getMessage() for r in caplog.records if "tokens/s, ETA" in r.getMessage()]
+    assert [line.split(":")[0] for line in progress] == [f"step {s}/20" for s in (5, 10, 15, 20)]
     assert str(run) in out and "tensorboard --logdir" in out
     for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
                  "tokenizer/vocab.txt", "tokenizer/tokenizer.json"):  # fmt: skip

@@ -61,6 +61,14 @@ def summarize(metrics: dict[str, Any]) -> str:
     )
 
 
+def _duration(seconds: float) -> str:
+    """'1h 05m', '12m 30s' or '45s'."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 class _NullWriter:
     """Stands in for the SummaryWriter on ranks other than 0: only rank 0 writes logs."""
 
@@ -374,6 +382,11 @@ class Trainer:
         for key, value in means.items():
             writer.add_scalar(f"train/{key}", value, self.position.step)
         bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", tok_s=f"{means['tokens_per_s']:.0f}")
+        if bar.disable:  # off a terminal (nohup, a cluster job) the bar is silent: one log line instead
+            left = (self.config.train.max_steps - self.position.step) * (now - window["time"]) / count
+            log.info("step %d/%d: loss %.3f, kl %.3f, %.0f tokens/s, ETA %s", self.position.step,
+                     self.config.train.max_steps, means["loss"], means["kl"], means["tokens_per_s"],
+                     _duration(left))  # fmt: skip
         window.update(time=now, stats=[])
         self._tokens = 0
 
