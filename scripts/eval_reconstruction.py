@@ -1,11 +1,11 @@
-"""How much of a sentence the latent code carries: greedy reconstruction of N test sentences.
+"""How much of a sentence the latent code carries: greedy reconstruction of the first N test sentences.
 
     python scripts/eval_reconstruction.py RUN_DIR [--lm-run LM_RUN_DIR] [-n 200] [--split test] [--json]
 
-Reports corpus BLEU (sacrebleu, on the tokenized text) and token accuracy (share of input positions
-whose token the reconstruction reproduces at the same position, <eos> included) of the VAE's
-reconstructions; with --lm-run, the same figures for the language model's unconditional samples
-against the same inputs, a floor that no information about the input can reach.
+A thin wrapper of `textvae evaluate RUN_DIR --reconstruction` (textvae/quality.py), which does this on the
+whole split or `--max-examples` spread over it. It adds one thing: with --lm-run, the same figures for a
+language model's unconditional samples against the same inputs, a floor that no information about the
+input can reach.
 """
 
 from __future__ import annotations
@@ -13,25 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 
-import sacrebleu
-
 import textvae
+from textvae.data.batching import TextSplit
 from textvae.data.corpus import load_corpus
-
-
-def token_accuracy(references: list[str], outputs: list[str]) -> float:
-    """Share of reference positions (words and the end) reproduced at the same position."""
-    hits = total = 0
-    for reference, output in zip(references, outputs):
-        ref, out = reference.split() + ["</s>"], output.split() + ["</s>"]
-        hits += sum(r == o for r, o in zip(ref, out))
-        total += len(ref)
-    return hits / max(1, total)
-
-
-def scores(references: list[str], outputs: list[str]) -> dict[str, float]:
-    bleu = sacrebleu.corpus_bleu(outputs, [references], tokenize="none").score
-    return {"bleu": round(bleu, 2), "token_accuracy": round(token_accuracy(references, outputs), 4)}
+from textvae.generate import Decoding
+from textvae.quality import reconstruct_split, reconstruction_scores
 
 
 def main() -> None:
@@ -47,14 +33,16 @@ def main() -> None:
     model = textvae.load(args.run_dir)
     corpus = load_corpus(model.run.config.data.corpus, model.run.config.data.holdout)
     tokenizer = model.tokenizer
-    # references as the model sees them (its vocabulary's <unk>s, truncation), detokenized the same way
-    inputs = corpus.splits[args.split][: args.n]
-    references = [tokenizer.decode(tokenizer.encode(s)) for s in inputs]
+    max_length = model.run.config.data.max_length
+    inputs = TextSplit(corpus.splits[args.split][: args.n], tokenizer, max_length)
+    # references as the model sees them (its vocabulary's <unk>s, truncation)
+    references, outputs = reconstruct_split(model.model, tokenizer, inputs, Decoding(max_length=max_length + 1),
+                                            model.device)  # fmt: skip
     result = {"sentences": len(inputs), "split": args.split, "decoding": "greedy from the posterior mean"}
-    result["vae"] = scores(references, model.reconstruct(inputs, seed=args.seed))
+    result["vae"] = reconstruction_scores(references, outputs)
     if args.lm_run:
         samples = textvae.load(args.lm_run).sample(len(inputs), seed=args.seed, strategy="sample")
-        result["lm_samples_floor"] = scores(references, samples)
+        result["lm_samples_floor"] = reconstruction_scores(references, samples)
     if args.json:
         print(json.dumps(result))
         return

@@ -1,4 +1,4 @@
-"""The `textvae` command: train, evaluate, sample, reconstruct, interpolate.
+"""The `textvae` command: train, evaluate, sample, reconstruct, interpolate, probe.
 
 It prints; a user's mistake is one line on stderr and exit status 2."""
 
@@ -42,6 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--svi-samples", type=int, default=8, help="draws per SVI step (default 8)")
     evaluate.add_argument("--elbo-samples", type=int, default=20,
                           help="draws per example for the ELBOs of --gaps (default 20)")  # fmt: skip
+    evaluate.add_argument("--reconstruction", action="store_true",
+                          help="also BLEU, exact match and token accuracy of the sentences decoded from their "
+                          "posterior means")  # fmt: skip
+    evaluate.add_argument(
+        "--interpolation",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also N random pairs of the split (seeded), --steps points each: the share of paths with >= K-2 "
+        "distinct sentences and of steps that do not move away from the end",
+    )
+    evaluate.add_argument("--steps", type=int, default=7, help="points per interpolation, both ends (default 7)")
+    evaluate.add_argument("--decode", default="greedy", choices=["greedy", "beam"],
+                          help="decoding of --reconstruction and --interpolation (default greedy)")  # fmt: skip
+    evaluate.add_argument("--beam-size", type=int, default=5)
+    evaluate.add_argument("--seed", type=int, default=0, help="draws the --interpolation pairs (default 0)")
 
     sample = commands.add_parser("sample", help="decode sentences (or images) from the prior")
     sample.add_argument("run_dir")
@@ -68,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--method", default="lerp", choices=["lerp", "slerp"])
     interpolate.add_argument("--dedupe", action="store_true", help="drop a line equal to the one before it")
     _decoding_options(interpolate)
+
+    probe = commands.add_parser("probe", help="linear probe of the latent code on a labeled corpus")
+    probe.add_argument("run_dir")
+    probe.add_argument("--labels", default="100,500,1000,2000,10000",
+                       help="labeled training sentences per probe, comma-separated (default: %(default)s)")  # fmt: skip
+    probe.add_argument("--seeds", type=int, default=5, help="draws of the labeled sentences (default 5)")
+    probe.add_argument("--split", default="test", choices=["valid", "test"], help="where accuracy is measured")
+    probe.add_argument("--random-encoder", action="store_true",
+                       help="probe the run's model as initialized instead (a floor)")  # fmt: skip
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -134,7 +160,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise UserError("--svi-steps must be >= 0, --svi-lr > 0, --svi-samples and --elbo-samples >= 1")
         gaps = {"svi_steps": args.svi_steps, "svi_lr": args.svi_lr, "svi_samples": args.svi_samples,
                 "elbo_samples": args.elbo_samples}  # fmt: skip
-    metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision, gaps, args.max_examples)
+    quality = None
+    if args.reconstruction or args.interpolation:
+        if args.interpolation < 0 or args.steps < 2 or args.beam_size < 1:
+            raise UserError("--interpolation must be >= 0, --steps >= 2 and --beam-size >= 1")
+        quality = {"decode": args.decode, "beam_size": args.beam_size, "reconstruction": args.reconstruction,
+                   "interpolations": args.interpolation, "steps": args.steps, "seed": args.seed}  # fmt: skip
+    metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision, gaps, args.max_examples, quality)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -145,6 +177,14 @@ def _evaluate(args: argparse.Namespace) -> int:
                 print(f"{key:>10}  {value:.3f}" if isinstance(value, float) else f"{key:>10}  {value}")
         for key, value in metrics.get("gaps", {}).items():
             print(f"{key:>18}  {value:.3f}" if isinstance(value, float) else f"{key:>18}  {value}")
+        if "reconstruction" in metrics:
+            rec = metrics["reconstruction"]
+            print(f"reconstruction ({rec['decode']}, {rec['sentences']} sentences): BLEU {rec['bleu']:.2f}, "
+                  f"exact match {rec['exact_match']:.4f}, token accuracy {rec['token_accuracy']:.4f}")  # fmt: skip
+        if "interpolation" in metrics:
+            path = metrics["interpolation"]
+            print(f"interpolation ({path['decode']}, {path['paths']} pairs of {path['steps']} points, seed "
+                  f"{path['seed']}): distinct {path['distinct']:.4f}, monotone {path['monotone']:.4f}")  # fmt: skip
         per = f"ppl per {metrics['ppl_per']}, <eos> counted; " if "ppl_per" in metrics else ""
         print(f"(split {args.split}; {per}mi uses the aggregate posterior over the whole split)")
         if "kl_estimate" in metrics:
@@ -196,6 +236,29 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    try:
+        sizes = [int(part) for part in args.labels.split(",")]
+    except ValueError:
+        raise UserError(f"--labels takes comma-separated integers, not {args.labels!r}") from None
+    if not sizes or min(sizes) < 1 or args.seeds < 1:
+        raise UserError("--labels must be positive integers and --seeds at least 1")
+    run_dir = Path(args.run_dir)
+    _check_checkpoints(run_dir)
+    from textvae.probe import probe_run
+
+    result = probe_run(run_dir, sizes, args.seeds, args.split, args.random_encoder)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'labels':>8}  {'median':>7}  {'min':>7}  {'max':>7}   ({args.seeds} draws each)")
+    for size, row in result["accuracy"].items():
+        print(f"{size:>8}  {row['median']:7.4f}  {row['min']:7.4f}  {row['max']:7.4f}")
+    print(f"(accuracy on {result['test_sentences']} {args.split} sentences, chance {result['chance']:.4f}; "
+          f"{result['encoder']} encoder; {result['probe']})")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING  # torchrun: rank 0 logs
@@ -205,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "probe":
+            return _probe(args)
         return _generate(args)
     except TrainingStopped as error:
         print(f"textvae: {error}", file=sys.stderr)

@@ -27,10 +27,12 @@ from textvae.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from textvae.errors import UserError
 from textvae.generate import Decoding, decode, interpolation_path
 from textvae.models import build_text_model
+from textvae.quality import assess, corpus_bleu, reconstruct_split
 
 log = logging.getLogger(__name__)
 # A resumed run may change how long and how it trains, not what it trains.
 RESUMABLE_SECTIONS = ("train",)
+RECON_SENTENCES = 100  # validation sentences (spread over the split) behind val/recon_bleu: cheap, greedy
 
 
 @dataclass
@@ -97,12 +99,13 @@ def check_resumable(config: Config, run_dir: Path) -> None:
 def text_report(run: TextRun, count: int, seed: int = 0):
     """A callback for the trainer: prior samples, reconstructions of fixed validation sentences and
     one interpolation between two of them (from the only one to the prior's mean when the split has one
-    sentence), greedy-decoded, as text for TensorBoard."""
+    sentence), decoded by beam search (what the model can do, not greedy's first guess), as text for TensorBoard."""
     valid = run.splits["valid"]
     fixed = valid.collate(list(range(min(max(count, 2), len(valid)))))
     tok = run.tokenizer
     # no longer than a training sentence can be (<eos> included): a cheap report on short-sentence configs
     greedy = Decoding(max_length=min(Decoding().max_length, run.config.data.max_length + 1))
+    beam = replace(greedy, strategy="beam")
 
     def report(model: nn.Module) -> dict[str, str]:
         was_training = model.training
@@ -111,11 +114,11 @@ def text_report(run: TextRun, count: int, seed: int = 0):
             torch.manual_seed(seed)
             if model.latent_dim:
                 prior = torch.randn(count, model.latent_dim).to(run.device)
-                samples = decode(model.decoder, prior, tok.bos_id, tok.eos_id, greedy)
+                samples = decode(model.decoder, prior, tok.bos_id, tok.eos_id, beam)
                 mu, _ = model.encode(fixed.to(run.device))
-                recon = decode(model.decoder, mu, tok.bos_id, tok.eos_id, greedy)
+                recon = decode(model.decoder, mu, tok.bos_id, tok.eos_id, beam)
                 end = mu[1] if len(mu) > 1 else torch.zeros_like(mu[0])
-                path = decode(model.decoder, interpolation_path(mu[0], end, 5), tok.bos_id, tok.eos_id, greedy)
+                path = decode(model.decoder, interpolation_path(mu[0], end, 5), tok.bos_id, tok.eos_id, beam)
                 sources = [tok.decode(s) for s in fixed.tokens.tolist()]
                 texts = {
                     "reconstructions": "\n\n".join(f"{s}  →  {tok.decode(r)}" for s, r in zip(sources, recon)),
@@ -168,10 +171,18 @@ def _train(config: Config, run_dir: Path, device: torch.device | None) -> dict[s
     rank, world = distributed.rank(), distributed.world_size()
     valid_plan = run.splits["valid"].ordered(train_cfg.eval_batch_size)[rank::world]
     valid_batches = [run.splits["valid"].collate(b) for b in valid_plan]
+    valid_sentences = corpus.splits["valid"]
+    recon_split = TextSplit([valid_sentences[i] for i in spread(len(valid_sentences), RECON_SENTENCES)],
+                            run.tokenizer, config.data.max_length)  # fmt: skip
+    greedy = Decoding(max_length=min(Decoding().max_length, config.data.max_length + 1))
 
     def evaluate_valid(model: nn.Module) -> dict[str, Any]:
-        return evaluate(model, valid_batches, train_cfg.eval_iw_samples, run.device, train_cfg.precision,
-                        ppl_unit=ppl_unit(run.tokenizer))  # fmt: skip
+        metrics = evaluate(model, valid_batches, train_cfg.eval_iw_samples, run.device, train_cfg.precision,
+                           ppl_unit=ppl_unit(run.tokenizer))  # fmt: skip
+        if model.latent_dim:  # how much of a sentence the code holds, as the likelihood metrics do not say
+            metrics["recon_bleu"] = corpus_bleu(*reconstruct_split(model, run.tokenizer, recon_split, greedy,
+                                                                   run.device))  # fmt: skip
+        return metrics
 
     trainer = Trainer(run.model, run.splits["train"], evaluate_valid, config, run_dir, run.device,
                       text_report(run, train_cfg.num_text_samples),
@@ -223,18 +234,25 @@ def evaluate_run(
     precision: str = "fp32",
     gaps: dict[str, Any] | None = None,
     max_examples: int | None = None,
+    quality: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a split of its corpus with K importance samples; with `gaps` (options of
-    core.gaps.inference_gaps: svi_steps, svi_lr, svi_samples, elbo_samples) also the inference-gap report.
+    core.gaps.inference_gaps: svi_steps, svi_lr, svi_samples, elbo_samples) also the inference-gap report;
+    with `quality` ({decode, beam_size, reconstruction, interpolations, steps, seed}: see quality.assess) also
+    the reconstruction and interpolation scores of the same sentences, decoded up to data.max_length + 1 tokens.
     `max_examples` evaluates that many examples spread evenly over the split (the same ones every time)."""
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
         config = config_lib.load(config_file)
         if config.model.name in config_lib.IMAGE_MODELS:
+            if quality is not None:
+                raise UserError("--reconstruction and --interpolation are for text runs")
             from image_baselines.run import evaluate_image_run
 
             return evaluate_image_run(run_dir, config, split, iw_samples, precision, gaps, max_examples)
     run = load_run(run_dir)
+    if quality is not None and not run.model.latent_dim:
+        raise UserError("this run is a language model: it has no latent code to reconstruct or interpolate from")
     batches = split_batches(run, split, max_examples)
     population = "split" if max_examples is None else "--max-examples part of the split"
     metrics = evaluate(run.model, batches, iw_samples, run.device, precision, ppl_unit=ppl_unit(run.tokenizer),
@@ -247,4 +265,11 @@ def evaluate_run(
         metrics["gaps"] = inference_gaps(
             run.model, batches, run.device, -metrics["nll"], **gaps, precision=precision, iw_samples=iw_samples
         )
+    if quality is not None:
+        sentences = load_corpus(run.config.data.corpus, run.config.data.holdout).splits[split]
+        data = TextSplit([sentences[i] for i in spread(len(sentences), max_examples)], run.tokenizer,
+                         run.config.data.max_length)  # fmt: skip
+        options = Decoding(quality["decode"], run.config.data.max_length + 1, quality["beam_size"])
+        metrics.update(assess(run.model, run.tokenizer, data, options, run.device, quality["reconstruction"],
+                              quality["interpolations"], quality["steps"], quality["seed"]))  # fmt: skip
     return metrics

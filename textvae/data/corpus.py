@@ -25,6 +25,7 @@ HOLDOUT_SEED = 1234  # fixed, so a single-file corpus splits the same way in eve
 KNOWN_CORPORA = {
     "ptb": {"train": "ptb/ptb.train.txt", "valid": "ptb/ptb.valid.txt", "test": "ptb/ptb.test.txt"},
     "snli": {"train": "snli/snli.valid.txt", "test": "snli/snli.test.txt"},
+    "yelp_sentiment": {split: f"yelp_sentiment/{split}.txt" for split in SPLITS},  # with 0/1 labels
 }
 SHA256 = {
     "ptb/ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
@@ -32,6 +33,12 @@ SHA256 = {
     "ptb/ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
     "snli/snli.valid.txt": "8aee585ebefd01b449ce434f94374a3a0b45a77a6f6bb3eb2d0b0ced53735239",
     "snli/snli.test.txt": "94aceee0c5a7b26319250bdd6b2d9a27e75352f3f53ab5f6e1fa6a7592c9bd59",
+    "yelp_sentiment/train.txt": "d447c27a743934ffe82fda31a6000e5c76a76a62c79a735dac3bcdc4fc210d60",
+    "yelp_sentiment/valid.txt": "9e09419759ca159cad593959c41e28dfb2279d71b7181c0b2a780d7e5766afbb",
+    "yelp_sentiment/test.txt": "1ca472dafdc0e3f096358ae006dce910fb957f1588df99094f906a40c2fb1fc4",
+    "yelp_sentiment/train.labels": "b50a34fcccf6482f2f1e9c8bcb7bee65f78459c96d312e3b764dee65d06c6105",
+    "yelp_sentiment/valid.labels": "34a3eeec7c3bb8a69ca7b7f7b1b5e517e84a4d05dcdcc4dea297147f4eb018b2",
+    "yelp_sentiment/test.labels": "22f6753536f0b97d7085f98636ede07efe6e8f30e26b0a0161356b10158a41a4",
 }
 # Where a missing file is fetched from: $TEXTVAE_DATA_URL/<relative path> when set, else these.
 DEFAULT_URLS = {
@@ -48,6 +55,9 @@ class Corpus:
     splits: dict[str, list[str]]  # split -> sentences (cleaned, non-empty)
     skipped_blank: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # how the splits were made, for the log
+    # split -> one integer label per sentence, from a line-aligned SPLIT.labels beside the split's file (e.g.
+    # yelp_sentiment's 0/1 sentiment); metadata for the probe, never read by training
+    labels: dict[str, list[int]] = field(default_factory=dict)
 
 
 def cache_dir() -> Path:
@@ -185,12 +195,30 @@ def _holdout(lines: list[str], fractions: tuple[float, ...], source: Path) -> li
     return [[lines[i] for i in part] for part in reversed(parts)]
 
 
+def read_labels(path: Path, raw: list[str]) -> list[int] | None:
+    """The labels of `path`'s kept (non-blank) lines, from the same name with suffix .labels; None without one."""
+    label_path = path.with_suffix(".labels")
+    if not label_path.is_file():
+        return None
+    values = _decode_utf8(label_path).splitlines()
+    if len(values) != len(raw):
+        raise UserError(f"{label_path}: {len(values)} labels for the {len(raw)} lines of {path}: one per line")
+    try:
+        return [int(value) for value, line in zip(values, raw) if clean([line])[0]]
+    except ValueError:
+        raise UserError(f"{label_path}: every line must be an integer label") from None
+
+
 def load_corpus(spec: str, holdout: float = 0.05) -> Corpus:
     """Load a corpus with train/valid/test splits from a known name, a directory or one file."""
     name, files = resolve(spec)
     corpus = Corpus(name=name, splits={})
     for split, path in files.items():
-        lines, blank = clean(read_lines(path))
+        raw = read_lines(path)
+        lines, blank = clean(raw)
+        labels = read_labels(path, raw)
+        if labels is not None and split in SPLITS:  # a split cut by the holdout below keeps no labels
+            corpus.labels[split] = labels
         corpus.skipped_blank[split] = blank
         if blank:
             corpus.notes.append(f"{path}: skipped {blank} blank line(s)")
@@ -208,6 +236,7 @@ def load_corpus(spec: str, holdout: float = 0.05) -> Corpus:
             f"test {len(test)} (seeded holdout, seed {HOLDOUT_SEED}, {holdout:.0%} each)"
         )
     elif "valid" not in corpus.splits:
+        corpus.labels.pop("train", None)
         train, valid = _holdout(corpus.splits["train"], (holdout,), files["train"])
         corpus.splits.update(train=train, valid=valid)
         corpus.notes.append(
