@@ -23,6 +23,7 @@ from textvae.core.checkpoint import load_checkpoint
 from textvae.core.device import resolve_device
 from textvae.core.evaluation import evaluate, spread
 from textvae.core.gaps import inference_gaps
+from textvae.core.hooks import AtEndOfPretraining
 from textvae.core.trainer import Trainer
 from textvae.errors import UserError
 
@@ -194,12 +195,12 @@ def train_image(config: Config, run_dir: Path, device: torch.device | None) -> d
         return image_metrics(m, splits["valid"], train_cfg.eval_batch_size, train_cfg.eval_iw_samples, device,
                              train_cfg.precision)  # fmt: skip
 
-    end_pretraining = None
+    hooks = []
     if isinstance(model, VaDE) and config.objective.pretrain_steps:
-        end_pretraining = mixture_initializer(splits["train"], train_cfg.eval_batch_size, device, train_cfg.seed)
+        init = mixture_initializer(splits["train"], train_cfg.eval_batch_size, device, train_cfg.seed)
+        hooks.append(AtEndOfPretraining("mixture_init", init))
     trainer = Trainer(model, splits["train"], evaluate_valid, config, run_dir, device,
-                      report_images=image_report(splits["valid"], run_dir, device),
-                      end_pretraining=end_pretraining)  # fmt: skip
+                      report_images=image_report(splits["valid"], run_dir, device), hooks=hooks)  # fmt: skip
     return trainer.fit()
 
 

@@ -141,7 +141,7 @@ def test_learning_rate_warmup_scales_the_first_steps(tmp_path):
                                    "train": {"max_steps": 6, "eval_every": 100, "device": "cpu"}})  # fmt: skip
     model = _Exploding(good=10**9)
     trainer = Trainer(model, _Source(), lambda m: {}, config, tmp_path, torch.device("cpu"))
-    trainer._signal, steps = None, []
+    steps = []
     for step in range(6):
         trainer.position.step = step
         batch = _Source().collate([1])

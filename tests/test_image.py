@@ -15,7 +15,7 @@ from textvae.cli import main
 from textvae.core.estimators import iw_log_likelihood, iw_log_weights
 from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import kl_standard_normal, log_standard_normal
-from textvae.core.objective import elbo
+from textvae.core.objective import ElboSettings, elbo
 from textvae.errors import UserError
 from textvae.pipeline import train
 
@@ -146,7 +146,7 @@ def test_iwae_training_loss_is_the_importance_weighted_bound_with_gradients_thro
     model = build_image_model(config_lib.ModelConfig(name="image_vae", hidden_sizes="16", latent_dim=3))
     batch = ImageBatch(torch.bernoulli(torch.full((5, 784), 0.2)), torch.zeros(5, dtype=torch.long))
     torch.manual_seed(1)
-    terms = elbo(model, batch, iw_samples=7)
+    terms = elbo(model, batch, ElboSettings(iw_samples=7))
     torch.manual_seed(1)
     mu, logvar = model.encode(batch)
     log_w, _, _ = iw_log_weights(model, batch, mu, logvar, 7, 7)

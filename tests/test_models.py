@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from textvae.config import DataConfig, ModelConfig
-from textvae.core.objective import elbo
+from textvae.core.objective import ElboSettings, elbo
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.models import build_text_model
@@ -32,7 +32,7 @@ def test_vae_shapes_and_gradients(split, layers, bidirectional, batch_size):
     mu, logvar = model.encode(batch)
     assert mu.shape == logvar.shape == (batch_size, 3)
     assert model.log_likelihood(batch, torch.randn(batch_size, 4, 3)).shape == (batch_size, 4)
-    terms = elbo(model, batch, kl_weight=1.0)
+    terms = elbo(model, batch, ElboSettings(kl_weight=1.0))
     assert terms.rec.shape == terms.kl.shape == (batch_size,)
     terms.loss.backward()
     assert model.encoder.weight_ih_l0.grad.abs().sum() > 0  # the encoder learns through z
@@ -42,7 +42,7 @@ def test_vae_shapes_and_gradients(split, layers, bidirectional, batch_size):
 def test_lm_shapes_batch_size_one(split):
     model = _model(split, name="lstm_lm", num_layers=2)
     assert model.latent_dim == 0
-    terms = elbo(model, split.collate([3]), kl_weight=1.0)
+    terms = elbo(model, split.collate([3]), ElboSettings(kl_weight=1.0))
     assert terms.rec.shape == (1,) and float(terms.kl) == 0.0
     terms.loss.backward()
 

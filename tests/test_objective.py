@@ -3,7 +3,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from textvae.core.objective import elbo, free_bits_kl
+from textvae import config as config_lib
+from textvae.core.objective import ElboSettings, Objective, elbo, free_bits_kl
 
 
 class Toy(torch.nn.Module):
@@ -30,9 +31,9 @@ def _model():
 def test_free_bits_change_the_objective_not_the_reported_kl():
     model, batch = _model()
     torch.manual_seed(0)
-    plain = elbo(model, batch, kl_weight=1.0)
+    plain = elbo(model, batch, ElboSettings(kl_weight=1.0))
     torch.manual_seed(0)
-    clipped = elbo(model, batch, kl_weight=1.0, free_bits=1.0, free_bits_mode="dim")
+    clipped = elbo(model, batch, ElboSettings(kl_weight=1.0, free_bits=1.0, free_bits_mode="dim"))
     assert torch.equal(plain.kl, clipped.kl)  # reported KL is the true one
     assert torch.equal(plain.rec, clipped.rec)
     # dim 0 has batch-mean KL 0.0025 < 1, so it is lifted to 1; dim 1 has 1.25 > 1 and stays.
@@ -57,7 +58,24 @@ def test_free_bits_vector_is_a_target_on_the_total():
 def test_kl_weight_scales_only_the_kl_term():
     model, batch = _model()
     torch.manual_seed(0)
-    zero = elbo(model, batch, kl_weight=0.0)
+    zero = elbo(model, batch, ElboSettings(kl_weight=0.0))
     torch.manual_seed(0)
-    half = elbo(model, batch, kl_weight=0.5)
+    half = elbo(model, batch, ElboSettings(kl_weight=0.5))
     assert float((half.loss - zero.loss).detach()) == pytest.approx(0.5 * float(zero.kl.detach().mean()), rel=1e-5)
+
+
+def test_the_objective_asks_its_schedule_for_the_weight_after_pretraining():
+    config = config_lib.from_dict({"objective": {"kl_schedule": "linear", "kl_start": 0.0, "warmup_steps": 10,
+                                                 "pretrain_steps": 4, "free_bits": 0.5, "bow_weight": 0.0},
+                                   "train": {"max_steps": 100}})  # fmt: skip
+    model, batch = _model()
+    objective = Objective(model, config)
+    assert objective.settings(3) == ElboSettings(kl_weight=0.0, free_bits=0.5, sample=False)  # the autoencoder
+    # the schedule counts from the end of pretraining: step 4 is its step 0, step 9 its step 5 (half way)
+    assert objective.settings(4).kl_weight == 0.0 and objective.settings(4).sample
+    assert objective.settings(9).kl_weight == pytest.approx(0.5) and objective.settings(14).kl_weight == 1.0
+    torch.manual_seed(0)
+    out = objective(batch, 9)
+    torch.manual_seed(0)
+    assert torch.equal(out["loss"], elbo(model, batch, objective.settings(9)).loss)
+    assert set(out) == {"loss", "rec", "kl"}

@@ -11,9 +11,9 @@ from torch import nn
 from textvae import config as config_lib
 from textvae.config import DataConfig, ModelConfig
 from textvae.core.evaluation import evaluate
-from textvae.core.objective import elbo
-from textvae.core.remedies import reset_decoder, split_parameters, watch_latent
-from textvae.core.trainer import Position, Trainer
+from textvae.core.objective import ElboSettings, elbo
+from textvae.core.remedies import AggressiveTraining, CollapseMonitor, reset_decoder, split_parameters
+from textvae.core.trainer import Trainer
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.errors import UserError
@@ -77,6 +77,10 @@ def _recording_trainer(tmp_path, mi_values, **objective):
     return trainer, sides
 
 
+def _aggressive(trainer: Trainer) -> AggressiveTraining:
+    return next(hook for hook in trainer.hooks if isinstance(hook, AggressiveTraining))
+
+
 def test_aggressive_training_takes_encoder_only_steps_before_each_decoder_step_and_stops_when_mi_falls(tmp_path):
     # MI at the evaluations of steps 2 and 4: 1.0 then 0.5 (falls): aggressive training covers steps 1-4 only
     trainer, sides = _recording_trainer(tmp_path, [1.0, 0.5, 0.7], aggressive_window=2, aggressive_max_inner=6)
@@ -90,9 +94,9 @@ def test_aggressive_training_takes_encoder_only_steps_before_each_decoder_step_a
         inner.append(n)
         i += 1
     assert all(2 <= n <= 6 and n % 2 == 0 for n in inner), inner  # whole windows, within the cap
-    assert sum(inner) == trainer.position.encoder_steps
+    assert sum(inner) == _aggressive(trainer).encoder_steps
     assert sides[i:] == ["ED", "ED"]  # steps 5-6: joint, as without the remedy
-    assert trainer.position.aggressive is False
+    assert _aggressive(trainer).active is False
 
 
 class _ScriptedVAE(_TinyVAE):
@@ -113,7 +117,7 @@ def test_aggressive_inner_loop_stops_at_the_first_window_whose_loss_does_not_fal
     trainer.fit()
     # windows of 3: 99+98+97 > 96+95+94 > 93+92+91 < 100+100+100: the fourth window ends the loop
     assert "".join(sides) == "E" * 12 + "D"
-    assert trainer.position.encoder_steps == 12
+    assert _aggressive(trainer).encoder_steps == 12
 
 
 def test_aggressive_training_ends_at_its_step_cap(tmp_path):
@@ -124,8 +128,7 @@ def test_aggressive_training_ends_at_its_step_cap(tmp_path):
 
 
 def test_without_aggressive_every_step_is_joint(tmp_path):
-    trainer, sides = _recording_trainer(tmp_path, [1.0, 2.0, 3.0])
-    trainer.config = config_lib.replace(trainer.config, objective={"aggressive": False})
+    trainer, sides = _recording_trainer(tmp_path, [1.0, 2.0, 3.0], aggressive=False)
     trainer.fit()
     assert sides == ["ED"] * 6
 
@@ -170,9 +173,9 @@ def test_bag_of_words_loss_reaches_the_encoder_and_never_the_decoder(split):
                              bag_of_words=True)  # fmt: skip
     batch = split.collate(list(range(6)))
     torch.manual_seed(1)
-    with_bow = elbo(model, batch, kl_weight=1.0, bow_weight=0.5)
+    with_bow = elbo(model, batch, ElboSettings(kl_weight=1.0, bow_weight=0.5))
     torch.manual_seed(1)
-    without = elbo(model, batch, kl_weight=1.0)
+    without = elbo(model, batch, ElboSettings(kl_weight=1.0))
     assert torch.allclose(with_bow.loss, without.loss + 0.5 * with_bow.bow.mean())
     model.zero_grad()
     with_bow.bow.sum().backward()
@@ -254,11 +257,11 @@ def test_collapse_alarm_fires_on_an_x_independent_posterior_with_a_high_kl(caplo
     metrics = evaluate(_IgnoresX(), batches, 4, torch.device("cpu"))
     assert metrics["kl"] == pytest.approx(4.5) and abs(metrics["mi"]) < 1e-5 and metrics["au"] == 0
     config = config_lib.from_dict({"train": {"collapse_patience": 3}})  # collapse_kl 0.1: the KL alone is fine
-    trainer = SimpleNamespace(model=_IgnoresX(), position=Position(step=100), config=config)
+    monitor = CollapseMonitor(config.train, pretrain_steps=0)
     writer = _Recorder()
     with caplog.at_level(logging.WARNING):
-        for _ in range(4):
-            watch_latent(trainer, metrics, writer)
+        for step in range(100, 104):
+            monitor.after_evaluation(step, metrics, writer)
     warnings = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
     assert len(warnings) == 1 and "signal: MI, AU" in warnings[0]
     assert writer.texts == [("val/collapse_warning", warnings[0])]
@@ -267,10 +270,10 @@ def test_collapse_alarm_fires_on_an_x_independent_posterior_with_a_high_kl(caplo
     assert writer.scalars["val/collapsed"] == [0.0, 0.0, 1.0, 1.0]
     # the thresholds are the config's: off, the information signals are silent
     quiet = config_lib.from_dict({"train": {"collapse_patience": 3, "collapse_mi": 0.0, "collapse_au": 0}})
-    trainer = SimpleNamespace(model=_IgnoresX(), position=Position(step=100), config=quiet)
+    monitor = CollapseMonitor(quiet.train, pretrain_steps=0)
     writer = _Recorder()
-    for _ in range(4):
-        watch_latent(trainer, metrics, writer)
+    for step in range(100, 104):
+        monitor.after_evaluation(step, metrics, writer)
     assert writer.texts == [] and writer.scalars["val/collapsed"] == [0.0] * 4
 
 
@@ -283,7 +286,8 @@ def test_aggressive_run_with_bag_of_words_resumes_to_the_same_parameters(tiny_co
     train(config_lib.load(tiny_config_path, [*extra, "train.max_steps=8"]), tmp_path / "resumed")
     straight = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
-    assert straight["position"] == resumed["position"] and straight["position"]["encoder_steps"] > 8
+    assert straight["position"] == resumed["position"] and straight["hooks"] == resumed["hooks"]
+    assert straight["hooks"]["aggressive"]["encoder_steps"] > 8
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
 
@@ -303,3 +307,23 @@ def test_early_stopping_waits_for_the_end_of_autoencoder_pretraining(tmp_path):
     trainer.fit()
     # from step 8 on, the VAE phase: 4.0, 3.5 (step 10, a new best), 3.8 (step 12, one bad evaluation: stop)
     assert trainer.position.step == 12
+
+
+def test_a_checkpoint_from_before_the_hooks_resumes_with_the_remedies_state(tmp_path):
+    # Before issue 21 the remedies' state sat in the checkpoint's position (and collapse_evals was low_kl_evals)
+    trainer, _ = _recording_trainer(tmp_path, [1.0, 2.0, 3.0], aggressive_window=2, aggressive_max_inner=4)
+    trainer.fit()
+    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    legacy = {**state["position"], "aggressive": False, "last_mi": 0.25, "encoder_steps": 7, "low_kl_evals": 2}
+    torch.save({**{k: v for k, v in state.items() if k != "hooks"}, "position": legacy},
+               tmp_path / "checkpoints/last.pt")  # fmt: skip
+    config = config_lib.replace(trainer.config, train={"collapse_patience": 3})
+    resumed = Trainer(_TinyVAE(), _Source(), lambda m: {}, config, tmp_path, torch.device("cpu"))
+    assert resumed.resume() and resumed.position == trainer.position
+    assert {hook.name: hook.state_dict() for hook in resumed.hooks} == {
+        "aggressive": {"active": False, "last_mi": 0.25, "encoder_steps": 7},
+        "collapse_monitor": {"evals": 2},
+    }
+    resumed.save(tmp_path / "again.pt")  # written back in the new layout
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert again["hooks"]["aggressive"]["encoder_steps"] == 7 and "encoder_steps" not in again["position"]

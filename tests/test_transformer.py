@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from textvae.config import DataConfig, ModelConfig
-from textvae.core.objective import elbo
+from textvae.core.objective import ElboSettings, elbo
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.generate import Decoding, decode
@@ -81,12 +81,12 @@ def test_padding_does_not_change_the_likelihood(split):
 def test_shapes_gradients_and_tied_weights(split, batch_size):
     model = _model(split, tie_embeddings=True, z_injection="both").train()
     assert model.decoder.output.weight is model.decoder.embedding.weight
-    terms = elbo(model, split.collate(list(range(batch_size))), kl_weight=1.0)
+    terms = elbo(model, split.collate(list(range(batch_size))), ElboSettings(kl_weight=1.0))
     assert terms.rec.shape == (batch_size,)
     terms.loss.backward()
     assert model.to_posterior.weight.grad.abs().sum() > 0
     lm = _model(split, name="transformer_lm").train()
-    elbo(lm, split.collate([0]), kl_weight=1.0).loss.backward()
+    elbo(lm, split.collate([0]), ElboSettings(kl_weight=1.0)).loss.backward()
 
 
 def test_generation_uses_the_cache_for_every_strategy(split):

@@ -14,7 +14,7 @@ from image_baselines.models import VaDE, build_image_model
 from image_baselines.run import manifold_clusters, mixture_of_clusters, posterior_means
 from textvae import config as config_lib
 from textvae.core.gaussian import log_normal
-from textvae.core.objective import elbo
+from textvae.core.objective import ElboSettings, elbo
 from textvae.errors import UserError
 from textvae.pipeline import train
 
@@ -159,11 +159,15 @@ def test_xavier_init_and_squared_error_pretraining():
     mu, _ = model.encode(batch)
     out = model.decode_logits(mu.unsqueeze(1), None)[:, 0]
     expected = 0.5 * (out - batch.x).pow(2).sum(-1).mean()
-    assert torch.allclose(elbo(model, batch, kl_weight=0.0, sample=False).loss, expected)  # the pretraining loss
+    assert torch.allclose(
+        elbo(model, batch, ElboSettings(kl_weight=0.0, sample=False)).loss, expected
+    )  # the pretraining loss
     with torch.no_grad():
         model.posterior.bias[3:] = -30.0  # q(z|x) a point mass: a sample is mu
     bce = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.x, reduction="none").sum(-1)
-    assert torch.allclose(elbo(model, batch, kl_weight=0.0).rec, bce, atol=1e-3)  # VaDE phase: Bernoulli again
+    assert torch.allclose(
+        elbo(model, batch, ElboSettings(kl_weight=0.0)).rec, bce, atol=1e-3
+    )  # VaDE phase: Bernoulli again
     model.output_to_logits()  # grey levels g become logits 10 (g - 1/2)
     assert torch.allclose(model.decode_logits(mu.unsqueeze(1), None)[:, 0], 10 * (out - 0.5), atol=1e-4)
     with pytest.raises(UserError, match="pretrain_loss"):
@@ -177,7 +181,7 @@ def test_denoising_pretraining_encodes_a_corrupted_image_and_reconstructs_the_cl
     model = build_image_model(config)
     batch = ImageBatch(torch.rand(8, 784), torch.zeros(8, dtype=torch.long))
     torch.manual_seed(1)
-    loss = elbo(model, batch, kl_weight=0.0, sample=False).loss
+    loss = elbo(model, batch, ElboSettings(kl_weight=0.0, sample=False)).loss
     torch.manual_seed(1)  # the same pixels dropped, by hand: the encoder sees them, the loss targets the clean x
     corrupted = torch.nn.functional.dropout(batch.x, 0.5)
     mu, _ = model.encode(ImageBatch(corrupted, batch.y))
@@ -186,10 +190,10 @@ def test_denoising_pretraining_encodes_a_corrupted_image_and_reconstructs_the_cl
     clean = 0.5 * (model.decode_logits(model.encode(batch)[0].unsqueeze(1), None)[:, 0] - batch.x).pow(2)
     assert not torch.allclose(loss, clean.sum(-1).mean())  # the noise reached the encoder
     model.eval()  # evaluation (and the mixture fit's codes) see the clean image
-    assert torch.allclose(elbo(model, batch, kl_weight=0.0, sample=False).loss, clean.sum(-1).mean())
+    assert torch.allclose(elbo(model, batch, ElboSettings(kl_weight=0.0, sample=False)).loss, clean.sum(-1).mean())
     model.train()
     torch.manual_seed(2)
-    a = elbo(model, batch, kl_weight=0.0, sample=True).mu
+    a = elbo(model, batch, ElboSettings(kl_weight=0.0, sample=True)).mu
     assert torch.equal(a, model.encode(batch)[0])  # the VAE phase's encoder is not corrupted
     for bad in ({"name": "vade", "pretrain_dropout": 1.0}, {"name": "lstm_vae", "pretrain_dropout": 0.2}):
         with pytest.raises(UserError, match="pretrain_dropout"):

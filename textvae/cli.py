@@ -122,7 +122,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"watch it with: tensorboard --logdir {run_dir / 'tb'}")
     metrics = train(config, run_dir)
     if metrics:
-        from textvae.core.trainer import summarize
+        from textvae.core.logs import summarize
 
         print(f"last validation: {summarize(metrics)}")
     print(f"checkpoints: {run_dir / 'checkpoints'}  metrics: {run_dir / 'metrics.jsonl'}")

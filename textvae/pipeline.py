@@ -19,7 +19,6 @@ from textvae.core.checkpoint import load_checkpoint
 from textvae.core.device import resolve_device
 from textvae.core.evaluation import evaluate, spread
 from textvae.core.gaps import inference_gaps
-from textvae.core.remedies import reset_decoder
 from textvae.core.trainer import Trainer
 from textvae.data.batching import TextSplit
 from textvae.data.corpus import Corpus, load_corpus
@@ -185,8 +184,7 @@ def _train(config: Config, run_dir: Path, device: torch.device | None) -> dict[s
         return metrics
 
     trainer = Trainer(run.model, run.splits["train"], evaluate_valid, config, run_dir, run.device,
-                      text_report(run, train_cfg.num_text_samples),
-                      end_pretraining=reset_decoder if config.objective.reset_decoder else None)  # fmt: skip
+                      text_report(run, train_cfg.num_text_samples))  # fmt: skip
     return trainer.fit()
 
 

@@ -39,6 +39,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise UserError(f"{path}: not a readable textvae checkpoint ({type(error).__name__})") from None
 
 
+def remove_partial_writes(directory: Path) -> None:
+    """Delete the temporary files of writes cut short by a kill (save_checkpoint's *.tmp)."""
+    if directory.is_dir():
+        for stale in directory.glob("*.tmp"):
+            stale.unlink()
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -52,3 +59,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_rng(state: dict[str, Any], rank: int, world: int) -> bool:
+    """Set this process's RNG states from a checkpoint (each rank its own under torchrun); False when the run was
+    saved on another number of processes (then the caller seeds the streams afresh)."""
+    ranks = state.get("rng_ranks") or []
+    if world > 1 and len(ranks) != world:
+        return False
+    set_rng_state(ranks[rank] if world > 1 else state["rng"])
+    return True

@@ -1,5 +1,9 @@
 """The ELBO, once, for every model: per-example terms, a KL weight, free bits on the optimized KL only.
 
+`elbo(model, batch, ElboSettings(...))` is the math, a pure function that tests call directly;
+`Objective(model, config)(batch, step)` is a run's objective: it owns config.objective and asks its schedule
+(core/schedules.py: KLSchedule, pretraining included) for the KL weight of the step.
+
 A model plugs in through two methods (text and image alike):
 
     latent_dim: int                                   # 0 for a model without a latent code (a plain LM)
@@ -25,8 +29,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from textvae.config import Config
 from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import kl_standard_normal, log_standard_normal
+from textvae.core.schedules import KLSchedule
 
 
 class LatentModel(Protocol):
@@ -81,16 +87,19 @@ def kl_divergence(model: LatentModel, batch: Any, mu: Tensor, logvar: Tensor, z:
     return kl_standard_normal(mu.float(), logvar.float())
 
 
-def elbo(
-    model: LatentModel,
-    batch: Any,
-    kl_weight: float = 1.0,
-    free_bits: float = 0.0,
-    free_bits_mode: str = "dim",
-    iw_samples: int = 1,
-    sample: bool = True,
-    bow_weight: float = 0.0,
-) -> ElboTerms:
+@dataclass(frozen=True)
+class ElboSettings:
+    """How one batch's ELBO is computed, all but the model and the batch; `Objective` makes them for each step."""
+
+    kl_weight: float = 1.0  # beta, the weight of the KL term (of log p(z) - log q(z|x) in the IW bound)
+    free_bits: float = 0.0  # nats; 0 disables (see free_bits_kl)
+    free_bits_mode: str = "dim"  # dim | vector (see free_bits_kl)
+    iw_samples: int = 1  # k > 1: the importance-weighted bound (Burda et al. 2015)
+    sample: bool = True  # False: z = mu, no KL pressure (the autoencoder of objective.pretrain_steps)
+    bow_weight: float = 0.0  # weight of the bag-of-words loss (Zhao et al. 2017); 0 disables
+
+
+def elbo(model: LatentModel, batch: Any, settings: ElboSettings = ElboSettings()) -> ElboTerms:
     """Negative ELBO terms for one batch (per example) and the loss to minimize.
 
     With `iw_samples` k > 1 the loss is the importance-weighted bound of Burda et al. (IWAE),
@@ -107,6 +116,7 @@ def elbo(
         rec = -model.log_likelihood(batch, None)[:, 0]
         zeros = rec.new_zeros(rec.shape[0], 0)
         return ElboTerms(loss=rec.mean(), rec=rec, kl=rec.new_zeros(rec.shape), kl_per_dim=zeros, mu=None)
+    sample, iw_samples, kl_weight = settings.sample, settings.iw_samples, settings.kl_weight
     encode = model.encode if sample else getattr(model, "autoencoder_encode", model.encode)
     mu, logvar = encode(batch)  # pretraining: a model may corrupt its input there (a denoising autoencoder)
     flow = getattr(model, "posterior_flow", None)
@@ -130,32 +140,40 @@ def elbo(
         bound = torch.logsumexp(log_px_z + kl_weight * log_ratio, dim=1) - math.log(iw_samples)
         loss = -bound.mean()
     else:
-        loss = rec.mean() + kl_weight * free_bits_kl(kl_per_dim, free_bits, free_bits_mode)
+        loss = rec.mean() + kl_weight * free_bits_kl(kl_per_dim, settings.free_bits, settings.free_bits_mode)
     bow = None
-    if bow_weight > 0:
+    if settings.bow_weight > 0:
         bow = -model.bag_of_words(batch.tokens, z[:, 0])
-        loss = loss + bow_weight * bow.mean()
+        loss = loss + settings.bow_weight * bow.mean()
     return ElboTerms(loss=loss, rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, mu=mu, bow=bow)
 
 
-class ElboModule(nn.Module):
-    """The ELBO of `model` as a module's forward, so that DistributedDataParallel can wrap it."""
+class Objective(nn.Module):
+    """A run's training objective: the ELBO of `model` with config.objective's settings and the KL weight of its
+    schedule at the global step. Callers pass a batch and a step; a module, so that DistributedDataParallel can
+    wrap it (the model's parameters are its own, under `model.`)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, config: Config):
         super().__init__()
         self.model = model
+        self.objective_config = config.objective
+        self.schedule = KLSchedule(config.objective, config.train.max_steps)
 
-    def forward(
-        self,
-        batch: Any,
-        kl_weight: float,
-        free_bits: float = 0.0,
-        free_bits_mode: str = "dim",
-        iw_samples: int = 1,
-        sample: bool = True,
-        bow_weight: float = 0.0,
-    ):
-        terms = elbo(self.model, batch, kl_weight, free_bits, free_bits_mode, iw_samples, sample, bow_weight)
+    def settings(self, step: int) -> ElboSettings:
+        """The ELBO's settings at the 0-based global `step`: an autoencoder (z = mu, weight 0) while pretraining."""
+        objective = self.objective_config
+        return ElboSettings(
+            kl_weight=self.schedule(step),
+            free_bits=objective.free_bits,
+            free_bits_mode=objective.free_bits_mode,
+            iw_samples=objective.iw_samples,
+            sample=not self.schedule.pretraining(step),
+            bow_weight=objective.bow_weight,
+        )
+
+    def forward(self, batch: Any, step: int) -> dict[str, Tensor]:
+        """{"loss": scalar, "rec": [B], "kl": [B]} and "bow" [B] when the bag-of-words loss is on."""
+        terms = elbo(self.model, batch, self.settings(step))
         out = {"loss": terms.loss, "rec": terms.rec, "kl": terms.kl}
         if terms.bow is not None:
             out["bow"] = terms.bow

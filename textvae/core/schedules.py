@@ -49,3 +49,26 @@ def kl_weight(config: ObjectiveConfig, step: int, max_steps: int) -> float:
         return config.kl_start
     total = config.cycle_total_steps or max(1, max_steps - start)
     return cyclical(step - start, config.kl_start, config.kl_weight, total, config.cycles, config.cycle_ratio)
+
+
+class KLSchedule:
+    """The KL weight at each global step of a run, autoencoder pretraining included.
+
+    The first objective.pretrain_steps steps train a deterministic autoencoder (z = mu, weight 0); the schedule
+    then starts counting from the end of pretraining, so `anneal_start`, `warmup_steps` and the cycles are
+    measured in steps of the VAE phase.
+    """
+
+    def __init__(self, config: ObjectiveConfig, max_steps: int):
+        self.config, self.max_steps = config, max_steps
+
+    def pretraining(self, step: int) -> bool:
+        """Whether the 0-based global `step` belongs to the autoencoder phase."""
+        return step < self.config.pretrain_steps
+
+    def __call__(self, step: int) -> float:
+        """The KL weight of the 0-based global `step`."""
+        if self.pretraining(step):
+            return 0.0
+        start = self.config.pretrain_steps
+        return kl_weight(self.config, step - start, self.max_steps - start)

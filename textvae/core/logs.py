@@ -1,0 +1,125 @@
+"""What the trainer reports: train/ scalars and progress, val/ scalars and RUN_DIR/metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+
+def summarize(metrics: dict[str, Any]) -> str:
+    """The headline validation metrics that a run has, as 'nelbo 101.234, kl 4.321, ...'."""
+    keys = ("nelbo", "rec", "kl", "nll", "ppl", "mi", "au", "acc", "nmi")
+    return ", ".join(
+        f"{key} {metrics[key]:.3f}" if isinstance(metrics[key], float) else f"{key} {metrics[key]}"
+        for key in keys
+        if key in metrics
+    )
+
+
+def duration(seconds: float) -> str:
+    """'1h 05m', '12m 30s' or '45s'."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class NullWriter:
+    """Stands in for the SummaryWriter on ranks other than 0: only rank 0 writes logs."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class TrainWindow:
+    """The steps since the last train/ log: their stats and real tokens (all ranks), and the time they took."""
+
+    def __init__(self):
+        self.start, self.stats, self.tokens = time.perf_counter(), [], 0.0
+
+    def add(self, stats: dict[str, float] | None, tokens: float) -> None:
+        if stats is not None:
+            self.stats.append(stats)
+        self.tokens += tokens
+
+    def close(self, writer: Any, step: int, lr: float) -> tuple[dict[str, float], float]:
+        """Write the window's means as train/ scalars at `step`, start a new window; -> (means, seconds per step)."""
+        now = time.perf_counter()
+        count = len(self.stats)
+        means = {key: sum(s[key] for s in self.stats) / count for key in self.stats[0]}
+        means["tokens_per_s"] = self.tokens / max(1e-9, now - self.start)
+        means["lr"] = lr
+        for key, value in means.items():
+            writer.add_scalar(f"train/{key}", value, step)
+        per_step = (now - self.start) / count
+        self.start, self.stats, self.tokens = now, [], 0.0
+        return means, per_step
+
+
+class TrainingLog:
+    """Training's reports: TensorBoard's RUN_DIR/tb (rank 0), the progress bar, and off a terminal (nohup, a cluster
+    job), where the bar is silent, one line to `logger` at each train/ log (train.log_every steps)."""
+
+    def __init__(self, run_dir: Path, step: int, max_steps: int, main: bool, logger: logging.Logger):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=step or None) if main else NullWriter()
+        self.bar = tqdm(total=max_steps, initial=step, dynamic_ncols=True, disable=None if main else True)
+        self.max_steps, self.logger = max_steps, logger
+
+    def train(self, window: TrainWindow, step: int, lr: float) -> None:
+        """The window's means as train/ scalars, in the bar, or in the log line with an ETA."""
+        means, per_step = window.close(self.writer, step, lr)
+        self.bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", tok_s=f"{means['tokens_per_s']:.0f}")
+        if self.bar.disable:
+            self.logger.info("step %d/%d: loss %.3f, kl %.3f, %.0f tokens/s, ETA %s", step, self.max_steps,
+                             means["loss"], means["kl"], means["tokens_per_s"],
+                             duration((self.max_steps - step) * per_step))  # fmt: skip
+
+    def evaluation(self, run_dir: Path | None, step: int, epoch: int, metrics: dict[str, Any], lr: float,
+                   texts: dict[str, str], images: dict[str, torch.Tensor]) -> None:  # fmt: skip
+        """val/ scalars (val/loss: the objective, nelbo), the per-dimension KL histogram, the LR, the reports' texts
+        and images in TensorBoard; one line of RUN_DIR/metrics.jsonl (rank 0: `run_dir` given); the summary line."""
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"val/{key}", value, step)
+        if metrics.get("kl_per_dim"):
+            self.writer.add_histogram("val/kl_per_dim", torch.tensor(metrics["kl_per_dim"]), step)
+        self.writer.add_scalar("val/loss", metrics["nelbo"], step)
+        self.writer.add_scalar("val/lr", lr, step)
+        for tag, text in texts.items():
+            self.writer.add_text(tag, text, step)
+        for tag, image in images.items():
+            self.writer.add_image(tag, image, step)
+        if run_dir is not None:
+            record = {"step": step, "epoch": epoch, "split": "valid", "metrics": metrics}
+            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def flush(self, step: int, metrics: dict[str, Any]) -> None:
+        """The summary line of an evaluation, and everything written so far out to disk."""
+        self.logger.info("step %d: val %s", step, summarize(metrics))
+        self.writer.flush()
+        if not sys.stderr.isatty():
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+
+
+def drop_metrics_after(run_dir: Path, step: int) -> None:
+    """Forget evaluations logged after the checkpoint (a kill between the two), so that none is doubled."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
