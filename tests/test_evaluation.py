@@ -137,3 +137,20 @@ def test_active_units_under_a_flow_are_zero_when_the_posterior_ignores_x():
     batches = [_Batch(torch.zeros(50, 4), torch.zeros(50, 4)) for _ in range(2)]
     metrics = evaluate(model, batches, 2, CPU)
     assert metrics["au"] == 0 and metrics["mi"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mi_and_active_units_over_a_seeded_sample_of_a_large_split():
+    # train.mi_max_examples: MI's cost grows as N^2, so a split larger than the bound gets MI and active units
+    # over a seeded sample of that many examples; the other metrics stay over every example
+    torch.manual_seed(0)
+    x = torch.randn(3000, 2) * math.sqrt(3.0)
+    batches = [_Batch(part, torch.zeros_like(part), -part[:, 0]) for part in x.split(100)]
+    whole = evaluate(_GivenPosterior(2), batches, 1, CPU)
+    assert evaluate(_GivenPosterior(2), batches, 1, CPU, mi_max_examples=3000) == whole
+    part = evaluate(_GivenPosterior(2), batches, 1, CPU, mi_max_examples=400)
+    assert part == evaluate(_GivenPosterior(2), batches, 1, CPU, mi_max_examples=400)  # the same sample each time
+    assert part["mi_over"].startswith("split, N = 400 of 3000 (a seeded sample")
+    assert part["mi_ceiling"] == pytest.approx(math.log(400)) and part["au"] == 2
+    assert part["mi"] == pytest.approx(math.log(4.0), abs=0.2)  # the same MI, estimated on fewer examples
+    kept = ("nll", "rec", "kl", "sentences")
+    assert [part[key] for key in kept] == [whole[key] for key in kept]

@@ -24,6 +24,8 @@ class DataConfig:
     lowercase: bool = False
     sentencepiece_type: str = "unigram"  # unigram | bpe
     max_length: int = 100  # tokens per sentence before <bos>/<eos>; longer ones are truncated and counted
+    tokenizer_sample: int = 1000000  # sentencepiece trains on at most this many training sentences, spread evenly
+    # over the split (a bounded sample for huge corpora; 0: all); the word vocabulary counts every sentence
     holdout: float = 0.05  # single-file corpus: share of lines held out for valid and for test (each);
     # mnist: share of the 60,000 training images held out for validation
     binarize: str = "dynamic"  # mnist: dynamic (fresh Bernoulli draw per epoch; fixed for valid/test) | none (grey
@@ -115,6 +117,9 @@ class TrainConfig:
     log_every: int = 50  # steps between train/ scalars
     num_text_samples: int = 3  # decoded samples and reconstructions logged at each evaluation
     seed: int = 0
+    mi_max_examples: int = 100000  # MI and active units over a seeded sample of this many examples when a split
+    # is larger (the output's mi_over says so; MI's cost grows as N^2); 0: always the whole split
+    data_workers: int = 0  # processes that tokenize a corpus not yet in the encoded cache; 0: one per CPU (<= 8)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32)
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default

@@ -20,9 +20,10 @@ from textvae.core.device import resolve_device
 from textvae.core.evaluation import evaluate, spread
 from textvae.core.gaps import inference_gaps
 from textvae.core.trainer import Trainer
-from textvae.data.batching import TextSplit
-from textvae.data.corpus import Corpus, load_corpus
-from textvae.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from textvae.data.batching import Batches, TextSplit
+from textvae.data.corpus import load_corpus
+from textvae.data.store import encoded_splits, load_splits
+from textvae.data.tokenizer import Tokenizer, load_tokenizer
 from textvae.errors import UserError
 from textvae.generate import Decoding, decode, interpolation_path
 from textvae.models import build_text_model
@@ -49,24 +50,11 @@ def ppl_unit(tokenizer: Tokenizer) -> str:
     return "word" if tokenizer.kind == "sentencepiece" else "token"
 
 
-def run_tokenizer(config: Config, run_dir: Path, corpus: Corpus) -> Tokenizer:
-    """The run's tokenizer: reloaded from RUN_DIR/tokenizer, else built on the training split and saved."""
-    tokenizer_dir = run_dir / "tokenizer"
-    if (tokenizer_dir / "tokenizer.json").is_file():
-        return load_tokenizer(tokenizer_dir)
-    return build_tokenizer(config.data, corpus.splits["train"], tokenizer_dir)
-
-
-def prepare(config: Config, run_dir: Path, splits: tuple[str, ...], corpus: Corpus | None = None) -> TextRun:
-    """Load the corpus, build (or reload) the run's tokenizer, encode splits, build the model."""
-    if corpus is None:
-        corpus = load_corpus(config.data.corpus, config.data.holdout)
-        for note in corpus.notes:
-            log.info("%s", note)
-    tokenizer = run_tokenizer(config, run_dir, corpus)
-    encoded = {}
+def prepare(config: Config, run_dir: Path, splits: tuple[str, ...]) -> TextRun:
+    """Build (or reload) the run's tokenizer, open the encoded splits (tokenized once, into the cache of
+    textvae/data/store.py), build the model."""
+    tokenizer, encoded = load_splits(config.data, run_dir / "tokenizer", splits, config.train.data_workers)
     for name in splits:
-        encoded[name] = TextSplit(corpus.splits[name], tokenizer, config.data.max_length)
         if encoded[name].truncated:
             log.warning("%s: %d sentence(s) truncated to %d tokens", name, encoded[name].truncated,
                         config.data.max_length)  # fmt: skip
@@ -155,29 +143,25 @@ def _train(config: Config, run_dir: Path, device: torch.device | None) -> dict[s
     check_resumable(config, run_dir)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    corpus = load_corpus(config.data.corpus, config.data.holdout)
-    for note in corpus.notes:
-        log.info("%s", note)
-    if distributed.is_main():  # the tokenizer and config are written once, then read by every rank
-        run_tokenizer(config, run_dir, corpus)
+    # the tokenizer, the encoded corpus and the config are written once, then read by every rank
+    run = prepare(config, run_dir, ("train", "valid")) if distributed.is_main() else None
+    if distributed.is_main():
         config_lib.save(config, run_dir / "config.yaml")
     if distributed.active():
         torch.distributed.barrier()
-    run = prepare(config, run_dir, ("train", "valid"), corpus)
+    run = run or prepare(config, run_dir, ("train", "valid"))
     if device is not None:
         run.device = device
     train_cfg = config.train
     rank, world = distributed.rank(), distributed.world_size()
     valid_plan = run.splits["valid"].ordered(train_cfg.eval_batch_size)[rank::world]
-    valid_batches = [run.splits["valid"].collate(b) for b in valid_plan]
-    valid_sentences = corpus.splits["valid"]
-    recon_split = TextSplit([valid_sentences[i] for i in spread(len(valid_sentences), RECON_SENTENCES)],
-                            run.tokenizer, config.data.max_length)  # fmt: skip
+    valid_batches = run.splits["valid"].batches(valid_plan)  # collated as evaluated: a big split stays a memory map
+    recon_split = run.splits["valid"].subset(spread(len(run.splits["valid"]), RECON_SENTENCES))
     greedy = Decoding(max_length=min(Decoding().max_length, config.data.max_length + 1))
 
     def evaluate_valid(model: nn.Module) -> dict[str, Any]:
         metrics = evaluate(model, valid_batches, train_cfg.eval_iw_samples, run.device, train_cfg.precision,
-                           ppl_unit=ppl_unit(run.tokenizer))  # fmt: skip
+                           ppl_unit=ppl_unit(run.tokenizer), mi_max_examples=train_cfg.mi_max_examples)  # fmt: skip
         if model.latent_dim:  # how much of a sentence the code holds, as the likelihood metrics do not say
             metrics["recon_bleu"] = corpus_bleu(*reconstruct_split(model, run.tokenizer, recon_split, greedy,
                                                                    run.device))  # fmt: skip
@@ -214,15 +198,13 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
     return TextRun(config, tokenizer, model, {}, device, state["position"]["step"])
 
 
-def split_batches(run: TextRun, split: str, max_examples: int | None = None) -> list[Any]:
-    """A split of the run's corpus (or `max_examples` sentences spread evenly over it) in evaluation batches."""
-    corpus = load_corpus(run.config.data.corpus, run.config.data.holdout)
-    if split not in corpus.splits:
-        raise UserError(f"split {split!r} not in corpus (have: {', '.join(corpus.splits)})")
-    sentences = corpus.splits[split]
-    data = TextSplit([sentences[i] for i in spread(len(sentences), max_examples)], run.tokenizer,
-                     run.config.data.max_length)  # fmt: skip
-    return [data.collate(b) for b in data.ordered(run.config.train.eval_batch_size)]
+def split_batches(run: TextRun, split: str, max_examples: int | None = None) -> Batches:
+    """A split of the run's corpus (or `max_examples` sentences spread evenly over it) in evaluation batches,
+    collated as they are iterated."""
+    data = encoded_splits(run.config.data, run.tokenizer, (split,), workers=run.config.train.data_workers)[split]
+    if max_examples is not None:
+        data = data.subset(spread(len(data), max_examples))
+    return data.batches(data.ordered(run.config.train.eval_batch_size))
 
 
 def evaluate_run(
@@ -254,7 +236,7 @@ def evaluate_run(
     batches = split_batches(run, split, max_examples)
     population = "split" if max_examples is None else "--max-examples part of the split"
     metrics = evaluate(run.model, batches, iw_samples, run.device, precision, ppl_unit=ppl_unit(run.tokenizer),
-                       population=population)  # fmt: skip
+                       population=population, mi_max_examples=run.config.train.mi_max_examples)  # fmt: skip
     metrics["split"] = split
     metrics["checkpoint_step"] = run.step
     if max_examples is not None:

@@ -48,6 +48,7 @@ def mutual_information(mu: Tensor, logvar: Tensor, chunk: int = 512) -> float:
     n = mu.shape[0]
     if n == 0 or mu.shape[1] == 0:
         return 0.0
+    chunk = max(1, min(chunk, MI_BLOCK // n))  # rows at a time: [chunk, N] float64 blocks of at most 128 MB
     mu, logvar = mu.float(), logvar.float()
     z = reparameterize(mu, logvar)[:, 0]  # [N, D]
     # log q(z|x) at the same draw as log q(z) (not the analytic entropy): the noise of the two cancels.
@@ -62,6 +63,9 @@ def mutual_information(mu: Tensor, logvar: Tensor, chunk: int = 512) -> float:
         log_dens = const.unsqueeze(0) - 0.5 * quad
         log_qz.append(torch.logsumexp(log_dens, dim=1) - math.log(n))
     return float(log_qz_x - torch.cat(log_qz).mean())
+
+
+MI_BLOCK = 1 << 24  # elements of one [rows, N] block of mutual_information
 
 
 def mi_ceiling(count: int) -> float:

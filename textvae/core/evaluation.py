@@ -25,6 +25,43 @@ from textvae.core.gaussian import reparameterize
 from textvae.core.objective import LatentModel, kl_divergence, monte_carlo_kl_per_dim
 
 
+class Subsample:
+    """A seeded uniform sample of at most `limit` rows (0: all) of tensors that arrive batch by batch: each row
+    draws a random key and the `limit` smallest stay, in arrival order. At most 2 * `limit` rows are held."""
+
+    def __init__(self, limit: int, seed: int):
+        self.limit, self.seen, self.held = limit, 0, 0
+        self.generator = torch.Generator().manual_seed(seed)  # its own: the evaluation's draws stay the same
+        self.keys: list[torch.Tensor] = []
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+
+    def add(self, *rows: torch.Tensor) -> None:
+        """rows: tensors [B, ...] of the same B examples."""
+        self.seen += rows[0].shape[0]
+        self.held += rows[0].shape[0]
+        self.keys.append(torch.rand(rows[0].shape[0], generator=self.generator))
+        self.parts.append(rows)
+        if self.limit and self.held > 2 * self.limit:
+            self.prune()
+
+    def prune(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Keep the rows of the `limit` smallest keys. -> keys [N], one tensor [N, ...] per kind of row."""
+        keys = torch.cat(self.keys) if self.keys else torch.zeros(0)
+        columns = [torch.cat(column) for column in zip(*self.parts)]
+        if self.limit and len(keys) > self.limit:
+            keep = torch.topk(keys, self.limit, largest=False).indices.sort().values
+            keys, columns = keys[keep], [column[keep] for column in columns]
+        self.keys, self.parts, self.held = [keys], [tuple(columns)] if columns else [], len(keys)
+        return keys, columns
+
+    def merge(self, states: list[tuple[int, torch.Tensor, list[torch.Tensor]]]) -> None:
+        """Pool the samples of all ranks ((seen, keys, columns) each, in rank order) into this one."""
+        self.seen = sum(seen for seen, _, _ in states)
+        self.keys = [keys for _, keys, _ in states]
+        self.parts = [tuple(columns) for _, _, columns in states if columns]
+        self.prune()
+
+
 def spread(count: int, limit: int | None) -> list[int]:
     """`limit` indices spread evenly over range(count), the same every time; all of them without a limit."""
     if limit is None or limit >= count:
@@ -43,19 +80,23 @@ def evaluate(
     seed: int = 0,
     ppl_unit: str = "token",
     population: str = "split",
+    mi_max_examples: int = 0,
 ) -> dict[str, Any]:
     """Metrics of DESIGN.md over all `batches` (per example, summed over tokens); deterministic under `seed`.
 
     The encoder runs once per batch; its posterior serves all K importance samples, drawn in chunks
     so that at most about `token_budget` tokens go through the decoder at once. `ppl_unit` "word"
     divides by words (+1 per sentence end) instead of tokens: comparable across subword vocabularies.
-    `population` names what the batches are (the whole split, or a part of it) in `mi_over`.
+    `population` names what the batches are (the whole split, or a part of it) in `mi_over`. MI and active
+    units are over a seeded sample of `mi_max_examples` examples when there are more (0: all); the other
+    metrics over all, streamed: only that sample's posteriors are held.
     """
     was_training = model.training
     model.eval()
     totals = {"rec": 0.0, "kl": 0.0, "nll": 0.0}
     examples = tokens = words = 0
-    mus, logvars, means = [], [], []  # means: E_q[z|x] of the z the decoder reads, for active units
+    # per example: mu, logvar (MI) and, under a flow, E_q[z|x] of the z the decoder reads (active units)
+    sample = Subsample(mi_max_examples, seed + 1 + distributed.rank())
     kl_sums = None  # per-dimension KL summed over examples
     flow = getattr(model, "posterior_flow", None) is not None
     # one set of base-noise draws for every example: see estimators.posterior_mean
@@ -82,10 +123,11 @@ def evaluate(
                     kl = kl_terms.sum(-1)
                     kl_sums = kl_terms.sum(0) if kl_sums is None else kl_sums + kl_terms.sum(0)
                     nll = -iw_log_likelihood(log_w)
-                    mus.append(mu.float().cpu())
-                    logvars.append(logvar.float().cpu())
-            if flow:  # in fp32, outside autocast: a property of the model, not of bf16
-                means.append(posterior_mean(model, mu, logvar, noise).cpu())
+            if model.latent_dim:
+                rows = [mu.float().cpu(), logvar.float().cpu()]
+                if flow:  # in fp32, outside autocast: a property of the model, not of bf16
+                    rows.append(posterior_mean(model, mu, logvar, noise).cpu())
+                sample.add(*rows)
             totals["rec"] += float(rec.sum())
             totals["kl"] += float(kl.sum())
             totals["nll"] += float(nll.sum())
@@ -100,16 +142,18 @@ def evaluate(
             examples, tokens, words = int(summed[3]), int(summed[4]), int(summed[5])
             if model.latent_dim:
                 kl_sums = distributed.sum_across(kl_sums if kl_sums is not None else torch.zeros(model.latent_dim))
-            mus = [t for part in distributed.gather(mus) for t in part]
-            logvars = [t for part in distributed.gather(logvars) for t in part]
-            means = [t for part in distributed.gather(means) for t in part]
-        mu_all = torch.cat(mus) if mus else torch.zeros(examples, 0)
-        logvar_all = torch.cat(logvars) if logvars else torch.zeros(examples, 0)
+            sample.merge(distributed.gather((sample.seen, *sample.prune())))
+        _, columns = sample.prune()
+        mu_all = columns[0] if columns else torch.zeros(examples, 0)
+        logvar_all = columns[1] if columns else torch.zeros(examples, 0)
         # MI of the base Gaussian: the flow is one bijection for all x, which leaves I(x; z) unchanged
         mi = mutual_information(mu_all, logvar_all)
-        mean_all = torch.cat(means) if means else mu_all
+        mean_all = columns[2] if flow and columns else mu_all
     model.train(was_training)
-    scope = f"{population}, N = {mu_all.shape[0]}" + (", base Gaussian (same MI after the flow)" if flow else "")
+    scope = f"{population}, N = {mu_all.shape[0]}"
+    if columns and sample.seen > mu_all.shape[0]:
+        scope += f" of {sample.seen} (a seeded sample, train.mi_max_examples; active units over it too)"
+    scope += ", base Gaussian (same MI after the flow)" if flow else ""
     kl_per_dim = kl_sums.cpu() / max(1, examples) if kl_sums is not None else torch.zeros(0)
     rec, kl, nll = (totals[k] / max(1, examples) for k in ("rec", "kl", "nll"))
     metrics = {

@@ -13,6 +13,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from textvae.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -176,23 +178,45 @@ def clean(lines: list[str]) -> tuple[list[str], int]:
     return kept, blank
 
 
-def _holdout(lines: list[str], fractions: tuple[float, ...], source: Path) -> list[list[str]]:
-    """Split `lines` by a fixed seeded shuffle: the last parts get `fractions`, the first the rest.
-    Every part gets at least one line; too few lines for that is a UserError naming `source`."""
-    sizes = [max(1, round(f * len(lines))) for f in fractions]
-    if sum(sizes) >= len(lines):  # training would get no line (and the slices below would overlap)
+def clean_text(text: str) -> tuple[list[str], int]:
+    """`clean` of the lines of `text` as the `datasets` text loader splits them ("\n", "\r\n" and "\r" end a
+    line), in whole-text passes: the same sentences as `clean(read_lines(path))` for a file, chunk by chunk."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\ufeff", "")
+    if _CONTROL.search(text):
+        text = _CONTROL.sub(" ", text)
+    lines = text.split("\n")
+    if lines[-1] == "":  # the last line's end, or an empty text
+        lines.pop()
+    kept = [line for line in map(str.strip, lines) if line]
+    return kept, len(lines) - len(kept)
+
+
+def holdout_rows(count: int, fractions: tuple[float, ...], source: Path | str) -> list[np.ndarray]:
+    """Split rows 0..count-1 by a fixed seeded shuffle: the last parts get `fractions`, the first the rest.
+    Every part gets at least one row; too few rows for that is a UserError naming `source`. -> sorted rows
+    per part (int64)."""
+    sizes = [max(1, round(f * count)) for f in fractions]
+    if sum(sizes) >= count:  # training would get no line (and the slices below would overlap)
         raise UserError(
-            f"{source}: {len(lines)} lines are too few for data.holdout {fractions[0]}: the holdout takes "
+            f"{source}: {count} lines are too few for data.holdout {fractions[0]}: the holdout takes "
             f"{' + '.join(map(str, sizes))}, so it needs at least {sum(sizes) + 1} lines (or a lower data.holdout)"
         )
-    order = list(range(len(lines)))
-    random.Random(HOLDOUT_SEED).shuffle(order)
-    parts, end = [], len(lines)
+    order = list(range(count))
+    random.Random(HOLDOUT_SEED).shuffle(order)  # Python's shuffle, so that existing corpora split as before
+    order = np.array(order, dtype=np.int64)
+    parts, end = [], count
     for size in reversed(sizes):
-        parts.append(sorted(order[end - size : end]))
+        parts.append(np.sort(order[end - size : end]))
         end -= size
-    parts.append(sorted(order[:end]))
-    return [[lines[i] for i in part] for part in reversed(parts)]
+    parts.append(np.sort(order[:end]))
+    return parts[::-1]
+
+
+def _holdout(lines: list[str], fractions: tuple[float, ...], source: Path) -> list[list[str]]:
+    """`lines` split as `holdout_rows` says."""
+    return [[lines[i] for i in part] for part in holdout_rows(len(lines), fractions, source)]
 
 
 def read_labels(path: Path, raw: list[str]) -> list[int] | None:

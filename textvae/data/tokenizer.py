@@ -5,11 +5,16 @@ Both reserve ids 0-3 for <pad> <unk> <bos> <eos> and save everything they need u
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
+from itertools import chain, repeat
 from pathlib import Path
+
+import numpy as np
 
 from textvae.config import DataConfig
 from textvae.errors import UserError
@@ -17,6 +22,9 @@ from textvae.errors import UserError
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+_SENTINEL = "\x00"  # marks a sentence end in a joined batch: clean() removes it from text, so no word holds it
+
+log = logging.getLogger(__name__)
 
 # "punct" pre-tokenization for raw text: keep <tags>, words with inner ' or -, numbers; split off punctuation.
 _PUNCT_TOKEN = re.compile(r"<[^<>\s]+>|\w+(?:['\-.]\w+)*|[^\w\s]")
@@ -43,6 +51,16 @@ class Tokenizer(ABC):
         """See the subclasses."""
 
     @abstractmethod
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the ids: keys the encoded-corpus cache (textvae/data/store.py)."""
+
+    def encode_lines(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of many texts at once, as `encode` gives them. -> ids [sum n_i] (int64, flat), counts [N]."""
+        encoded = [self.encode(text) for text in texts]
+        counts = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        return np.fromiter(chain.from_iterable(encoded), np.int64, int(counts.sum())), counts
+
+    @abstractmethod
     def save(self, directory: Path) -> None:
         """See the subclasses."""
 
@@ -64,10 +82,20 @@ class WordTokenizer(Tokenizer):
     @classmethod
     def build(cls, sentences: list[str], config: DataConfig) -> WordTokenizer:
         """Keep the `vocab_size - 4` most frequent types seen at least `min_count` times (ties: first seen)."""
-        counts = Counter()
+        return cls.from_counts(cls.count_words(sentences, config), config)
+
+    @classmethod
+    def count_words(cls, sentences: list[str], config: DataConfig) -> Counter:
+        """How often each word occurs, in order of first appearance (a corpus counts chunk after chunk)."""
         probe = cls(list(SPECIALS), config.split, config.lowercase)
-        for sentence in sentences:
-            counts.update(probe.words_of(sentence))
+        if probe.split == "whitespace":  # one split of the joined text: the same words, in order, much faster
+            return Counter(probe.words_of("\n".join(sentences)))
+        return Counter(chain.from_iterable(map(probe.words_of, sentences)))
+
+    @classmethod
+    def from_counts(cls, counts: Counter, config: DataConfig) -> WordTokenizer:
+        """The vocabulary of `build` from word counts."""
+        counts = Counter(counts)
         for special in SPECIALS:
             counts.pop(special, None)
         kept = [w for w, c in counts.most_common() if c >= config.min_count][: max(0, config.vocab_size - 4)]
@@ -84,6 +112,23 @@ class WordTokenizer(Tokenizer):
         ids = [self.index.get(w, UNK_ID) for w in self.words_of(text)]
         return [UNK_ID if i in (PAD_ID, BOS_ID, EOS_ID) else i for i in ids]
 
+    def encode_lines(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode` of many texts; for whitespace words, one split and one dict lookup per word for all of them.
+
+        The texts are joined with a sentinel word between them (a sentence end); its id, -1, marks the ends.
+        """
+        joined = f" {_SENTINEL} ".join(texts)
+        if self.split != "whitespace" or not texts or joined.count(_SENTINEL) != len(texts) - 1:
+            return super().encode_lines(texts)  # a text that holds the sentinel itself: one at a time
+        index = self.index | {_SENTINEL: -1}
+        words = self.words_of(joined)
+        ids = np.fromiter(map(index.get, words, repeat(UNK_ID)), np.int64, len(words))
+        ends = np.flatnonzero(ids == -1)
+        counts = np.diff(np.concatenate([[-1], ends, [len(ids)]])) - 1
+        ids = ids[ids != -1]
+        ids[(ids == PAD_ID) | (ids == BOS_ID) | (ids == EOS_ID)] = UNK_ID  # literal control tokens: see encode
+        return ids, counts
+
     def decode(self, ids: list[int]) -> str:
         text = " ".join(self.words[i] for i in ids if i not in (PAD_ID, BOS_ID, EOS_ID))
         if self.split == "punct":
@@ -92,6 +137,10 @@ class WordTokenizer(Tokenizer):
 
     def __len__(self) -> int:
         return len(self.words)
+
+    def fingerprint(self) -> str:
+        meta = {"kind": self.kind, "split": self.split, "lowercase": self.lowercase, "words": self.words}
+        return hashlib.sha256(json.dumps(meta).encode("utf-8")).hexdigest()
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -112,10 +161,18 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def build(cls, sentences: list[str], config: DataConfig, directory: Path) -> SentencePieceTokenizer:
-        """Train a unigram or BPE model on the training sentences; write it to directory/spm.model."""
+        """Train a unigram or BPE model on the training sentences; write it to directory/spm.model.
+
+        At most data.tokenizer_sample sentences, spread evenly over the split: sentencepiece's own bound
+        (input_sentence_size) would draw them at random, unseeded, and need them all in memory first."""
         import sentencepiece
 
         directory.mkdir(parents=True, exist_ok=True)
+        limit = config.tokenizer_sample
+        if limit and len(sentences) > limit:
+            log.info("sentencepiece: trained on %d of %d training sentences, spread evenly (data.tokenizer_sample)",
+                     limit, len(sentences))  # fmt: skip
+            sentences = [sentences[i * len(sentences) // limit] for i in range(limit)]
         texts = [s.lower() for s in sentences] if config.lowercase else sentences
         try:
             sentencepiece.SentencePieceTrainer.train(
@@ -136,6 +193,17 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text.lower() if self.lowercase else text)
+
+    def encode_lines(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode` of many texts in one call into sentencepiece's C++ (one thread: workers run in parallel)."""
+        encoded = self.processor.encode([t.lower() for t in texts] if self.lowercase else texts, num_threads=1)
+        counts = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        return np.fromiter(chain.from_iterable(encoded), np.int64, int(counts.sum())), counts
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.model_file.read_bytes())
+        digest.update(json.dumps({"kind": self.kind, "lowercase": self.lowercase}).encode("utf-8"))
+        return digest.hexdigest()
 
     def decode(self, ids: list[int]) -> str:
         return self.processor.decode([i for i in ids if i not in (PAD_ID, BOS_ID, EOS_ID)])
