@@ -1,7 +1,7 @@
 """Image models on the shared ELBO: a Bernoulli VAE (MLP or conv), a CVAE (label or quadrants), VaDE.
 
-Each plugs into textvae.core through `encode(batch)` and `log_likelihood(batch, z)`; the CVAE with a
-conditional prior and VaDE's mixture prior add `log_prior(batch, z)` and `kl_divergence(...)`.
+Each is a textvae.core.latent.LatentModel: `encode(batch)` and `log_likelihood(batch, z)`; the CVAE with a
+conditional prior and VaDE's mixture prior override `log_prior(batch, z)` and `kl_divergence(...)`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from image_baselines.data import PIXELS, SIDE, ImageBatch, quadrant_mask
 from textvae.config import ModelConfig, hidden_sizes
 from textvae.core.flows import attach_flow
 from textvae.core.gaussian import bound_logvar, kl_normal, log_normal
+from textvae.core.latent import LatentModel
 
 NUM_CLASSES = 10
 
@@ -66,7 +67,7 @@ class ConvDecoder(nn.Module):
         return out.reshape(*lead, PIXELS)
 
 
-class ImageVAE(nn.Module):
+class ImageVAE(LatentModel):
     """q(z|x, c) = N(mu, diag sigma^2) and a Bernoulli p(x|z, c), with an optional condition c (CVAE).
 
     Burda et al.'s MNIST model is the MLP 784-200-200-50 with tanh (hidden_size 200, num_layers 2).

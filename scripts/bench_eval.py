@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_train import matmul_gflops  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
+from textvae import registry  # noqa: E402
 from textvae.config import Config  # noqa: E402
 from textvae.core.device import resolve_device  # noqa: E402
 from textvae.core.evaluation import evaluate  # noqa: E402
@@ -40,25 +41,8 @@ from textvae.pipeline import load_run  # noqa: E402
 
 
 def eval_flops(config: Config, vocab: int, tokens: int, sentences: int, samples: int) -> float:
-    """Forward matmul FLOPs of an IW evaluation (2 per multiply-add)."""
-    m = config.model
-    latent = m.latent_dim if m.name.endswith("_vae") else 0
-    if m.name.startswith("transformer"):
-        width, ff, layers = m.embedding_dim, m.hidden_size, m.num_layers
-        length = tokens / max(1, sentences)
-        block = 2 * width * 3 * width + 2 * width * width + 2 * 2 * width * ff + 2 * 2 * length * width
-        decoder, encoder = layers * block + 2 * width * vocab, layers * block
-    else:
-        hidden, emb = m.hidden_size, m.embedding_dim
-
-        def lstm(inputs: int) -> float:
-            return 2 * 4 * hidden * (inputs + hidden) + (m.num_layers - 1) * 2 * 4 * hidden * (2 * hidden)
-
-        decoder = lstm(emb + latent) + 2 * hidden * vocab
-        encoder = (2 if m.bidirectional else 1) * lstm(emb)
-    if not latent:
-        return decoder * tokens
-    return decoder * tokens * samples + encoder * tokens
+    """Forward matmul FLOPs of an IW evaluation (2 per multiply-add), as the model counts them."""
+    return registry.spec(config.model.name).load().flops(config.model, vocab, tokens, sentences, samples)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,10 @@
     python scripts/bench_train.py CONFIG --to-quality NLL [--set ...]     # time to a validation NLL
 
 Real tokens are predicted tokens (words + <eos>), padding not counted. Achieved GFLOP/s counts the
-model's matmul FLOPs (LSTM gates or attention and MLP blocks, output projection, posterior and latent
-projections; backward = 2 x forward). The machine's matmul rate is measured in the same run, precision and
-thread count, as the best of several repeats before and after the timed steps: on a 2048^2 square
+model's matmul FLOPs as its class counts them (`flops`: recurrent gates or attention and MLP blocks, output
+projection, posterior and latent projections; backward = 2 x forward). The machine's matmul rate is measured
+in the same run, precision and thread count, as the best of several repeats before and after the timed steps:
+on a 2048^2 square
 (`matmul_gflops`, the denominator of `ratio`) and at the step's own GEMM shapes (`step_shapes_gflops`,
 FLOP-weighted, the denominator of `ratio_step_shapes`). `--reference` also runs the textbook fp32 LSTM VAE
 step of ../shared/bench/textbook_lstm_vae.py at the same sizes and sentences per batch, in the same run, and
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from textvae import config as config_lib
+from textvae import registry
 from textvae.config import Config
 from textvae.core.device import resolve_device
 from textvae.core.trainer import Trainer
@@ -38,43 +40,9 @@ from textvae.data.tokenizer import WordTokenizer, build_tokenizer
 from textvae.models import build_text_model
 
 
-def lstm_flops(config: Config, vocab: int, tokens: int, sentences: int) -> float:
-    """Forward + backward matmul FLOPs of one LSTM VAE / LM step (2 per multiply-add, backward 2x)."""
-    m = config.model
-    latent = m.latent_dim if m.name == "lstm_vae" else 0
-    hidden, emb, layers = m.hidden_size, m.embedding_dim, m.num_layers
-
-    def lstm(inputs: int) -> float:  # one direction, all layers, per token
-        return 2 * 4 * hidden * (inputs + hidden) + (layers - 1) * 2 * 4 * hidden * (2 * hidden)
-
-    per_token = lstm(emb + latent) + 2 * hidden * vocab  # decoder and output projection
-    per_sentence = 0
-    if latent:
-        directions = 2 if m.bidirectional else 1
-        per_token += directions * lstm(emb)  # the encoder reads each word and <eos>
-        per_sentence = 2 * directions * hidden * 2 * latent + 2 * latent * layers * hidden  # posterior, z -> state
-    return 3.0 * (per_token * tokens + per_sentence * sentences)
-
-
-def transformer_flops(config: Config, vocab: int, tokens: int, sentences: int) -> float:
-    """Forward + backward matmul FLOPs of one Transformer VAE / LM step, attention scores included."""
-    m = config.model
-    width, ff, layers = m.embedding_dim, m.hidden_size, m.num_layers
-    length = tokens / max(1, sentences)  # mean attended length
-
-    def block() -> float:  # per token: qkv, output projection, MLP, QK^T and AV
-        return 2 * width * 3 * width + 2 * width * width + 2 * 2 * width * ff + 2 * 2 * length * width
-
-    per_token = layers * block() + 2 * width * vocab
-    if m.name == "transformer_vae":
-        per_token += layers * block()  # the encoder
-    return 3.0 * per_token * tokens
-
-
 def step_flops(config: Config, vocab: int, tokens: int, sentences: int) -> float:
-    if config.model.name.startswith("transformer"):
-        return transformer_flops(config, vocab, tokens, sentences)
-    return lstm_flops(config, vocab, tokens, sentences)
+    """Forward + backward matmul FLOPs of one training step (backward = 2 x forward), as the model counts them."""
+    return 3.0 * registry.spec(config.model.name).load().flops(config.model, vocab, tokens, sentences)
 
 
 def matmul_gflops(precision: str, device: torch.device | str = "cpu", size: int = 0, repeats: int = 20) -> float:
@@ -105,20 +73,7 @@ Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
 
 def step_shapes(config: Config, vocab: int, sentences: float, tokens: float) -> list[tuple[Shape, float]]:
     """The step's main GEMM shapes [m, k, n], each with its forward FLOPs per token (the weight of its rate)."""
-    m = config.model
-    rows = max(1, round(tokens))
-    if m.name.startswith("transformer"):
-        width, stacks = m.embedding_dim, m.num_layers * (2 if m.name == "transformer_vae" else 1)
-        return [((rows, width, 3 * width), stacks * 2 * width * 4 * width),  # qkv and the output projection
-                ((rows, width, m.hidden_size), stacks * 2 * 2 * width * m.hidden_size),  # the MLP
-                ((min(rows, 1024), width, vocab), 2 * width * vocab)]  # fmt: skip
-    hidden, lstms = m.hidden_size, 2 if m.name == "lstm_vae" else 1
-    inputs = m.embedding_dim + (m.latent_dim if m.name == "lstm_vae" else 0)
-    return [
-        ((max(1, round(sentences)), hidden, 4 * hidden), lstms * 2 * hidden * 4 * hidden),  # the recurrence
-        ((rows, inputs, 4 * hidden), lstms * 2 * inputs * 4 * hidden),  # the input projection
-        ((min(rows, 1024), hidden, vocab), 2 * hidden * vocab),
-    ]  # the output layer, in 1,024-row blocks
+    return registry.spec(config.model.name).load().gemm_shapes(config.model, vocab, sentences, tokens)
 
 
 class MatmulProbe:

@@ -9,9 +9,10 @@ from torch.distributions import MultivariateNormal
 
 from textvae.core.estimators import active_units, iw_log_likelihood, iw_log_weights, mutual_information
 from textvae.core.gaussian import log_normal
+from textvae.core.latent import LatentModel
 
 
-class LinearGaussian(torch.nn.Module):
+class LinearGaussian(LatentModel):
     """z ~ N(0, I_D), x | z ~ N(W z + b, s^2 I_P); q(z|x) = the exact posterior, shifted and widened."""
 
     def __init__(self, latent_dim=2, data_dim=3, noise=0.5, shift=0.0, widen=0.0):

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from textvae.core.estimators import AU_SAMPLES, posterior_mean
 from textvae.core.evaluation import evaluate
 from textvae.core.flows import attach_flow
+from textvae.core.latent import LatentModel
 
 CPU = torch.device("cpu")
 
@@ -27,7 +27,7 @@ class _Batch:
         return self
 
 
-class _GivenPosterior(nn.Module):
+class _GivenPosterior(LatentModel):
     """q(z|x) as the batch gives it, and p(x|z) that does not depend on z: log p(x) = log p(x|z) exactly."""
 
     def __init__(self, latent_dim):

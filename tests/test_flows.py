@@ -14,6 +14,7 @@ from textvae.core.estimators import iw_log_likelihood, iw_log_weights
 from textvae.core.flows import PLANAR_MARGIN, Flow, IAFLayer, PlanarFlow, attach_flow
 from textvae.core.gaps import elbo_at, inference_gaps, refine
 from textvae.core.gaussian import log_normal
+from textvae.core.latent import LatentModel
 from textvae.errors import UserError
 
 
@@ -80,7 +81,7 @@ def test_iaf_layer_is_autoregressive(reverse):
     assert (torch.diagonal(jacobian) > 0).all()
 
 
-class _Tiny(nn.Module):
+class _Tiny(LatentModel):
     """A small nonlinear VAE on 6-dimensional Gaussian data."""
 
     latent_dim = 2
@@ -120,7 +121,7 @@ def test_svi_refinement_never_lowers_the_per_example_elbo():
     assert all(p.grad is None for p in model.parameters())  # the model is not trained by it
 
 
-class _LinearGaussian(nn.Module):
+class _LinearGaussian(LatentModel):
     """p(z) = N(0, I_2), p(x|z) = N(W z, s^2 I_3): the posterior is Gaussian with a full covariance, the same
     for every x. An amortized linear encoder; the decoder is the true one and stays fixed."""
 

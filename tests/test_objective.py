@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from textvae import config as config_lib
+from textvae.core.latent import LatentModel
 from textvae.core.objective import ElboSettings, Objective, elbo, free_bits_kl
 
 
-class Toy(torch.nn.Module):
+class Toy(LatentModel):
     """A model whose posterior is set directly, to test the objective alone."""
 
     def __init__(self, mu, logvar):

@@ -11,6 +11,7 @@ from torch import nn
 from textvae import config as config_lib
 from textvae.config import DataConfig, ModelConfig
 from textvae.core.evaluation import evaluate
+from textvae.core.latent import LatentModel
 from textvae.core.objective import ElboSettings, elbo
 from textvae.core.remedies import AggressiveTraining, CollapseMonitor, reset_decoder, split_parameters
 from textvae.core.trainer import Trainer
@@ -36,7 +37,7 @@ class _Source:
         return batch
 
 
-class _TinyVAE(nn.Module):
+class _TinyVAE(LatentModel):
     latent_dim = 2
 
     def __init__(self):
@@ -238,7 +239,7 @@ class _Recorder:
         self.texts.append((tag, text))
 
 
-class _IgnoresX(nn.Module):
+class _IgnoresX(LatentModel):
     """q(z|x) = N(1.5, 1) in each of 4 dimensions for every x: a KL of 4.5 nats, no information about x."""
 
     latent_dim = 4

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import log_normal, reparameterize
-from textvae.core.objective import LatentModel, log_prior
+from textvae.core.latent import LatentModel, log_prior
 
 
 def iw_chunk(num_samples: int, footprint: int, token_budget: int) -> int:

@@ -21,8 +21,7 @@ from textvae.core.estimators import (
     mutual_information,
     posterior_mean,
 )
-from textvae.core.gaussian import reparameterize
-from textvae.core.objective import LatentModel, kl_divergence, monte_carlo_kl_per_dim
+from textvae.core.latent import LatentModel, posterior_kl
 
 
 class Subsample:
@@ -114,12 +113,7 @@ def evaluate(
                     chunk = iw_chunk(iw_samples, batch.footprint, token_budget)
                     log_w, log_px_z, log_ratio = iw_log_weights(model, batch, mu, logvar, iw_samples, chunk)
                     rec = -log_px_z.mean(1)  # E_q[-log p(x|z)], averaged over the K samples
-                    if flow:  # no closed form: the K draws' log q(z|x) - log p(z)
-                        kl_terms = monte_carlo_kl_per_dim(log_ratio, mu.shape[-1])
-                    else:
-                        # a prior other than N(0, I) may need a draw for its KL (a mixture's q(c|x) = p(c|z))
-                        z = reparameterize(mu, logvar) if hasattr(model, "kl_divergence") else mu.unsqueeze(1)
-                        kl_terms = kl_divergence(model, batch, mu, logvar, z)
+                    kl_terms = posterior_kl(model, batch, mu, logvar, log_ratio=log_ratio)  # core/latent.py's rule
                     kl = kl_terms.sum(-1)
                     kl_sums = kl_terms.sum(0) if kl_sums is None else kl_sums + kl_terms.sum(0)
                     nll = -iw_log_likelihood(log_w)

@@ -20,18 +20,16 @@ from tqdm import tqdm
 from textvae.core.device import autocast
 from textvae.core.estimators import iw_chunk, iw_log_likelihood, iw_log_weights
 from textvae.core.flows import sample_posterior
-from textvae.core.gaussian import bound_logvar, reparameterize
-from textvae.core.objective import LatentModel, kl_divergence, log_prior
+from textvae.core.gaussian import bound_logvar
+from textvae.core.latent import LatentModel, log_prior, posterior_kl
 
 
 def elbo_at(model: LatentModel, batch: Any, mu: Tensor, logvar: Tensor, samples: int) -> Tensor:
     """The per-example ELBO of the posterior (mu, logvar) (through the model's flow, if any), estimated
-    with `samples` draws; the KL is analytic where the model's family has it. -> [B]."""
-    if getattr(model, "posterior_flow", None) is not None:
-        z, log_q = sample_posterior(model, mu, logvar, samples)
-        return (model.log_likelihood(batch, z).float() + log_prior(model, batch, z) - log_q).mean(1)
-    z = reparameterize(mu, logvar, samples)
-    kl = kl_divergence(model, batch, mu, logvar, z[:, :1]).sum(-1)
+    with `samples` draws; the KL by core/latent.py's rule (analytic where the model's family has it). -> [B]."""
+    z, log_q = sample_posterior(model, mu, logvar, samples)  # [B, K, D], [B, K]
+    log_ratio = log_prior(model, batch, z) - log_q if getattr(model, "posterior_flow", None) is not None else None
+    kl = posterior_kl(model, batch, mu, logvar, z, log_ratio).sum(-1)
     return model.log_likelihood(batch, z).float().mean(1) - kl
 
 

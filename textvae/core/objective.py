@@ -2,45 +2,23 @@
 
 `elbo(model, batch, ElboSettings(...))` is the math, a pure function that tests call directly;
 `Objective(model, config)(batch, step)` is a run's objective: it owns config.objective and asks its schedule
-(core/schedules.py: KLSchedule, pretraining included) for the KL weight of the step.
-
-A model plugs in through two methods (text and image alike):
-
-    latent_dim: int                                   # 0 for a model without a latent code (a plain LM)
-    encode(batch) -> (mu, logvar)                     # [B, D] each: q(z|x) = N(mu, diag exp(logvar))
-    log_likelihood(batch, z) -> log p(x|z)            # z: [B, K, D] -> [B, K]; z=None -> [B, 1]
-
-and, only when its prior is not N(0, I) (a conditional prior, a mixture), two more:
-
-    log_prior(batch, z) -> log p(z)                   # z: [B, K, D] -> [B, K]
-    kl_divergence(batch, mu, logvar, z) -> [B, D]     # terms summing to KL(q(z|x) || p(z)); z: [B, 1, D]
-
-and, optionally, the reconstruction term of the autoencoder pretraining phase (`sample=False`):
-
-    autoencoder_log_likelihood(batch, z) -> [B, K]    # default: log_likelihood
+(core/schedules.py: KLSchedule, pretraining included) for the KL weight of the step. A model plugs in as a
+`LatentModel` (core/latent.py), or with latent_dim 0 and `log_likelihood(batch, None) -> [B, 1]` (a plain LM).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from textvae.config import Config
 from textvae.core.flows import sample_posterior
-from textvae.core.gaussian import kl_standard_normal, log_standard_normal
+from textvae.core.latent import LatentModel, log_prior, posterior_kl
 from textvae.core.schedules import KLSchedule
-
-
-class LatentModel(Protocol):
-    latent_dim: int
-
-    def encode(self, batch: Any) -> tuple[Tensor, Tensor]: ...
-
-    def log_likelihood(self, batch: Any, z: Tensor | None) -> Tensor: ...
 
 
 @dataclass
@@ -65,26 +43,6 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
     if mode == "dim":
         return kl_per_dim.mean(0).clamp(min=free_bits).sum()
     return kl_per_dim.sum(-1).mean().clamp(min=free_bits)
-
-
-def log_prior(model: LatentModel, batch: Any, z: Tensor) -> Tensor:
-    """log p(z) under the model's prior: its own `log_prior` when it has one, else N(0, I). [B, K, D] -> [B, K]."""
-    own = getattr(model, "log_prior", None)
-    return own(batch, z).float() if own is not None else log_standard_normal(z.float())
-
-
-def monte_carlo_kl_per_dim(log_ratio: Tensor, dim: int) -> Tensor:
-    """KL estimated as the mean over draws of log q(z|x) - log p(z), spread evenly over the D dimensions (a
-    flow posterior has no per-dimension split). log_ratio = log p(z) - log q(z|x): [B, K] -> [B, D]."""
-    return (-log_ratio.mean(1) / dim).unsqueeze(-1).expand(-1, dim)
-
-
-def kl_divergence(model: LatentModel, batch: Any, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
-    """KL(q(z|x) || p(z)) as [B, D] terms: the model's own when its prior is not N(0, I), else analytic."""
-    own = getattr(model, "kl_divergence", None)
-    if own is not None:
-        return own(batch, mu.float(), logvar.float(), z.float())
-    return kl_standard_normal(mu.float(), logvar.float())
 
 
 @dataclass(frozen=True)
@@ -117,24 +75,18 @@ def elbo(model: LatentModel, batch: Any, settings: ElboSettings = ElboSettings()
         zeros = rec.new_zeros(rec.shape[0], 0)
         return ElboTerms(loss=rec.mean(), rec=rec, kl=rec.new_zeros(rec.shape), kl_per_dim=zeros, mu=None)
     sample, iw_samples, kl_weight = settings.sample, settings.iw_samples, settings.kl_weight
-    encode = model.encode if sample else getattr(model, "autoencoder_encode", model.encode)
-    mu, logvar = encode(batch)  # pretraining: a model may corrupt its input there (a denoising autoencoder)
-    flow = getattr(model, "posterior_flow", None)
+    # pretraining: a model may corrupt its input (a denoising autoencoder) and reconstruct with another loss
+    mu, logvar = model.encode(batch) if sample else model.autoencoder_encode(batch)
     if sample:
         z, log_q = sample_posterior(model, mu, logvar, iw_samples)  # [B, k, D], [B, k]
     else:
         z = mu.unsqueeze(1)
-    likelihood = model.log_likelihood
-    if not sample:  # autoencoder pretraining: a model may reconstruct with another loss there
-        likelihood = getattr(model, "autoencoder_log_likelihood", likelihood)
+    likelihood = model.log_likelihood if sample else model.autoencoder_log_likelihood
     log_px_z = likelihood(batch, z).float()  # [B, k]
     log_ratio = None
-    if sample and (flow is not None or iw_samples > 1):
+    if sample and (getattr(model, "posterior_flow", None) is not None or iw_samples > 1):
         log_ratio = log_prior(model, batch, z) - log_q  # [B, k]
-    if sample and flow is not None:  # no closed form for the KL
-        kl_per_dim = monte_carlo_kl_per_dim(log_ratio, mu.shape[-1])
-    else:
-        kl_per_dim = kl_divergence(model, batch, mu, logvar, z[:, :1])
+    kl_per_dim = posterior_kl(model, batch, mu, logvar, z, log_ratio)  # a flow's: Monte Carlo, from log_ratio
     rec = -log_px_z.mean(1)
     if log_ratio is not None and iw_samples > 1:
         bound = torch.logsumexp(log_px_z + kl_weight * log_ratio, dim=1) - math.log(iw_samples)

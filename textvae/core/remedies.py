@@ -2,7 +2,7 @@
 inference-network training, the decoder reset at the end of pretraining and the collapse monitor; and which
 parameters are the decoder.
 
-A model's decoder is its `decoder` submodule, or the modules its `decoder_modules()` returns; everything
+A model's decoder is what its `decoder_modules()` returns (core/latent.py: its `decoder` submodule); everything
 else (embeddings of the encoder, the posterior layer, a bag-of-words head, a mixture prior) is the
 inference side. Aggressive training (He et al. 2019) updates one side at a time; the decoder reset
 (Li et al. 2019) re-initializes the decoder alone.
@@ -19,35 +19,25 @@ from torch import nn
 
 from textvae.config import Config, ObjectiveConfig, TrainConfig
 from textvae.core.hooks import AtEndOfPretraining, Hook, StepAccess
-from textvae.errors import UserError
+from textvae.core.latent import LatentModel
 
 log = logging.getLogger(__name__)
 
 
-def decoder_modules(model: nn.Module) -> list[nn.Module]:
-    own = getattr(model, "decoder_modules", None)
-    if own is not None:
-        return list(own())
-    decoder = getattr(model, "decoder", None)
-    if not isinstance(decoder, nn.Module):
-        raise UserError(f"{type(model).__name__} has no decoder module: this remedy cannot tell its parts apart")
-    return [decoder]
-
-
-def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+def split_parameters(model: LatentModel) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(inference-side parameters, decoder parameters); together they are all of model.parameters()."""
-    decoder = [p for module in decoder_modules(model) for p in module.parameters()]
+    decoder = [p for module in model.decoder_modules() for p in module.parameters()]
     ids = {id(p) for p in decoder}
     return [p for p in model.parameters() if id(p) not in ids], decoder
 
 
-def reset_decoder(model: nn.Module) -> None:
+def reset_decoder(model: LatentModel) -> None:
     """Re-initialize every decoder layer as at construction (Li et al. 2019); the encoder keeps its weights.
 
     Draws from torch's global generator, whose state the checkpoint keeps, so a resumed run matches.
     """
     count = 0
-    for module in decoder_modules(model):
+    for module in model.decoder_modules():
         for layer in module.modules():
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()

@@ -11,6 +11,27 @@ from textvae.core.word_dropout import WordDropout
 from textvae.models.sequence import repeat_for_samples, sequence_log_prob
 
 
+def rnn_flops_per_token(inputs: int, hidden: int, layers: int) -> float:
+    """Matmul FLOPs (2 per multiply-add) of one token through `layers` LSTM layers, one direction: four gates,
+    each reading the layer's input (the layer below's state above the first) and its own state."""
+    return 2 * 4 * hidden * (inputs + hidden) + (layers - 1) * 2 * 4 * hidden * (2 * hidden)
+
+
+Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
+
+
+def rnn_gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float, latent: int,
+                    stacks: int) -> list[tuple[Shape, float]]:  # fmt: skip
+    """The main GEMMs of a training step of `stacks` recurrent stacks (decoder, encoder), each with its forward FLOPs
+    per token: the recurrence, the input projection, the output layer (in 1,024-row blocks)."""
+    hidden, inputs, rows = config.hidden_size, config.embedding_dim + latent, max(1, round(tokens))
+    return [
+        ((max(1, round(sentences)), hidden, 4 * hidden), stacks * 2 * hidden * 4 * hidden),
+        ((rows, inputs, 4 * hidden), stacks * 2 * inputs * 4 * hidden),
+        ((min(rows, 1024), hidden, vocab), 2 * hidden * vocab),
+    ]
+
+
 class LSTMDecoder(nn.Module):
     """p(x|z) = prod_t p(x_t | x_<t, z): z sets the initial state and joins every input embedding."""
 
@@ -76,3 +97,13 @@ class LSTMLM(nn.Module):
     def log_likelihood(self, batch, z: Tensor | None) -> Tensor:
         """log p(x) per sentence. -> [B, 1]."""
         return self.decoder.log_likelihood(batch.tokens, None)
+
+    @staticmethod
+    def flops(config: ModelConfig, vocab: int, tokens: float, sentences: float, samples: int = 1) -> float:
+        """Forward matmul FLOPs over `tokens` predicted tokens in `sentences` sentences (`samples` is for the VAE)."""
+        per_token = rnn_flops_per_token(config.embedding_dim, config.hidden_size, config.num_layers)
+        return (per_token + 2 * config.hidden_size * vocab) * tokens
+
+    @staticmethod
+    def gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float) -> list[tuple[Shape, float]]:
+        return rnn_gemm_shapes(config, vocab, sentences, tokens, latent=0, stacks=1)

@@ -7,11 +7,12 @@ from torch import Tensor, nn
 
 from textvae.config import ModelConfig
 from textvae.core.dropout import Dropout
+from textvae.core.latent import LatentModel
 from textvae.core.posterior import PosteriorHead
-from textvae.models.lstm_lm import LSTMDecoder
+from textvae.models.lstm_lm import LSTMDecoder, Shape, rnn_flops_per_token, rnn_gemm_shapes
 
 
-class LSTMVAE(nn.Module):
+class LSTMVAE(LatentModel):
     def __init__(self, vocab_size: int, config: ModelConfig, pad_id: int, unk_id: int, special_ids: list[int]):
         super().__init__()
         self.latent_dim = config.latent_dim
@@ -48,3 +49,18 @@ class LSTMVAE(nn.Module):
     def log_likelihood(self, batch, z: Tensor) -> Tensor:
         """log p(x|z) per sentence and sample. z: [B, K, D] -> [B, K]."""
         return self.decoder.log_likelihood(batch.tokens, z)
+
+    @staticmethod
+    def flops(config: ModelConfig, vocab: int, tokens: float, sentences: float, samples: int = 1) -> float:
+        """Forward matmul FLOPs over `tokens` predicted tokens in `sentences` sentences, the decoder run for
+        `samples` draws of z each: encoder once, posterior, z -> initial state and decoder per draw."""
+        hidden, latent, layers = config.hidden_size, config.latent_dim, config.num_layers
+        directions = 2 if config.bidirectional else 1
+        encoder = directions * rnn_flops_per_token(config.embedding_dim, hidden, layers) * tokens
+        decoder = (rnn_flops_per_token(config.embedding_dim + latent, hidden, layers) + 2 * hidden * vocab) * tokens
+        posterior = 2 * directions * hidden * 2 * latent * sentences
+        return encoder + posterior + samples * (decoder + 2 * latent * layers * hidden * sentences)
+
+    @staticmethod
+    def gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float) -> list[tuple[Shape, float]]:
+        return rnn_gemm_shapes(config, vocab, sentences, tokens, latent=config.latent_dim, stacks=2)

@@ -13,11 +13,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textvae.config import ModelConfig
+from textvae.core.latent import LatentModel
 from textvae.core.posterior import PosteriorHead
 from textvae.core.word_dropout import WordDropout
 from textvae.models.sequence import repeat_for_samples, sequence_log_prob
 
 Cache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [N, heads, t, head_dim]
+Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
+
+
+def block_flops_per_token(config: ModelConfig, length: float) -> float:
+    """Matmul FLOPs (2 per multiply-add) of one token through one block attending to `length` positions: qkv, the
+    output projection, the MLP, QK^T and AV."""
+    width, ff = config.embedding_dim, config.hidden_size
+    return 2 * width * 3 * width + 2 * width * width + 2 * 2 * width * ff + 2 * 2 * length * width
+
+
+def stack_gemm_shapes(config: ModelConfig, vocab: int, tokens: float, stacks: int) -> list[tuple[Shape, float]]:
+    """The main GEMMs of a training step of `stacks` stacks of blocks (decoder, encoder), each with its forward
+    FLOPs per token: qkv and the output projection, the MLP, the output layer (in 1,024-row blocks)."""
+    width, rows, blocks = config.embedding_dim, max(1, round(tokens)), config.num_layers * stacks
+    return [((rows, width, 3 * width), blocks * 2 * width * 4 * width),
+            ((rows, width, config.hidden_size), blocks * 2 * 2 * width * config.hidden_size),
+            ((min(rows, 1024), width, vocab), 2 * width * vocab)]  # fmt: skip
 
 
 class SelfAttention(nn.Module):
@@ -134,7 +152,7 @@ class TransformerDecoder(nn.Module):
         return {"cache": cache, "length": state["length"]}
 
 
-class TransformerVAE(nn.Module):
+class TransformerVAE(LatentModel):
     """Transformer encoder, mean-pooled over real tokens, -> q(z|x) -> causal Transformer decoder.
 
     Mean pooling rather than a summary token: every position contributes to the posterior, with no
@@ -173,6 +191,17 @@ class TransformerVAE(nn.Module):
         """log p(x|z) per sentence and sample. z: [B, K, D] -> [B, K]."""
         return self.decoder.log_likelihood(batch.tokens, z)
 
+    @staticmethod
+    def flops(config: ModelConfig, vocab: int, tokens: float, sentences: float, samples: int = 1) -> float:
+        """Forward matmul FLOPs over `tokens` predicted tokens in `sentences` sentences, the decoder run for
+        `samples` draws of z each (the encoder once)."""
+        stack = config.num_layers * block_flops_per_token(config, tokens / max(1, sentences)) * tokens
+        return stack + samples * (stack + 2 * config.embedding_dim * vocab * tokens)
+
+    @staticmethod
+    def gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float) -> list[tuple[Shape, float]]:
+        return stack_gemm_shapes(config, vocab, tokens, stacks=2)
+
 
 class TransformerLM(nn.Module):
     """The Transformer VAE's decoder without z: the baseline of the same size. Exact log-likelihood."""
@@ -188,3 +217,13 @@ class TransformerLM(nn.Module):
 
     def log_likelihood(self, batch, z: Tensor | None) -> Tensor:
         return self.decoder.log_likelihood(batch.tokens, None)
+
+    @staticmethod
+    def flops(config: ModelConfig, vocab: int, tokens: float, sentences: float, samples: int = 1) -> float:
+        """Forward matmul FLOPs over `tokens` predicted tokens in `sentences` sentences (`samples` is for the VAE)."""
+        per_token = config.num_layers * block_flops_per_token(config, tokens / max(1, sentences))
+        return (per_token + 2 * config.embedding_dim * vocab) * tokens
+
+    @staticmethod
+    def gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float) -> list[tuple[Shape, float]]:
+        return stack_gemm_shapes(config, vocab, tokens, stacks=1)
