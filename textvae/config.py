@@ -41,6 +41,7 @@ class ModelConfig:
     hidden_size: int = 256
     latent_dim: int = 32  # a language model has none (any value accepted: a VAE's config with the LM's name)
     num_layers: int = 1
+    rnn: str = "lstm"  # lstm_vae, lstm_lm: the recurrent cell, lstm | gru (h0 = tanh(W z): no cell state)
     bidirectional: bool = False  # encoder only
     embedding_dropout: float = 0.0
     output_dropout: float = 0.0
@@ -148,6 +149,7 @@ _CHOICES = {
     ("data", "sentencepiece_type"): ("unigram", "bpe"),
     ("data", "binarize"): ("dynamic", "none"),
     ("model", "name"): registry.names(),
+    ("model", "rnn"): ("lstm", "gru"),
     ("model", "z_injection"): ("embedding", "memory", "both"),
     ("model", "architecture"): ("mlp", "conv"),
     ("model", "activation"): ("tanh", "relu"),

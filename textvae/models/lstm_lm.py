@@ -1,4 +1,9 @@
-"""LSTM decoder (shared by the VAE) and the LSTM language-model baseline: the decoder without z."""
+"""LSTM decoder (shared by the VAE) and the LSTM language-model baseline: the decoder without z.
+
+`model.rnn` picks the recurrent cell of these models (and of the VAE's encoder): lstm (Bowman et al. 2016) or gru
+(Sentence-VAE's default). A GRU has no cell state: z sets its initial hidden state, h0 = tanh(W z), where the
+LSTM takes c0 = W z and h0 = tanh(c0); tanh keeps h0 in (-1, 1), where a GRU's state always lies.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,15 @@ from textvae.core.dropout import Dropout
 from textvae.core.word_dropout import WordDropout
 from textvae.models.sequence import repeat_for_samples, sequence_log_prob
 
+CELLS = {"lstm": (nn.LSTM, 4), "gru": (nn.GRU, 3)}  # model.rnn -> the torch module and its number of gates
+State = tuple[Tensor, Tensor] | Tensor  # an LSTM's (h, c) or a GRU's h, each [layers, N, H]
 
-def rnn_flops_per_token(inputs: int, hidden: int, layers: int) -> float:
-    """Matmul FLOPs (2 per multiply-add) of one token through `layers` LSTM layers, one direction: four gates,
-    each reading the layer's input (the layer below's state above the first) and its own state."""
-    return 2 * 4 * hidden * (inputs + hidden) + (layers - 1) * 2 * 4 * hidden * (2 * hidden)
+
+def rnn_flops_per_token(inputs: int, hidden: int, layers: int, cell: str = "lstm") -> float:
+    """Matmul FLOPs (2 per multiply-add) of one token through `layers` recurrent layers, one direction: four gates
+    (LSTM) or three (GRU), each reading the layer's input (the layer below's state above the first) and its state."""
+    gates = CELLS[cell][1]
+    return 2 * gates * hidden * (inputs + hidden) + (layers - 1) * 2 * gates * hidden * (2 * hidden)
 
 
 Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
@@ -25,9 +34,10 @@ def rnn_gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: f
     """The main GEMMs of a training step of `stacks` recurrent stacks (decoder, encoder), each with its forward FLOPs
     per token: the recurrence, the input projection, the output layer (in 1,024-row blocks)."""
     hidden, inputs, rows = config.hidden_size, config.embedding_dim + latent, max(1, round(tokens))
+    gates = CELLS[config.rnn][1]
     return [
-        ((max(1, round(sentences)), hidden, 4 * hidden), stacks * 2 * hidden * 4 * hidden),
-        ((rows, inputs, 4 * hidden), stacks * 2 * inputs * 4 * hidden),
+        ((max(1, round(sentences)), hidden, gates * hidden), stacks * 2 * hidden * gates * hidden),
+        ((rows, inputs, gates * hidden), stacks * 2 * inputs * gates * hidden),
         ((min(rows, 1024), hidden, vocab), 2 * hidden * vocab),
     ]
 
@@ -42,27 +52,35 @@ class LSTMDecoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=pad_id)
         self.word_dropout = WordDropout(config.word_dropout, unk_id, specials)
         self.embedding_dropout = Dropout(config.embedding_dropout)
-        self.lstm = nn.LSTM(config.embedding_dim + latent_dim, config.hidden_size, config.num_layers, batch_first=True)
+        # the recurrent layers, named after their cell: decoder.lstm.* (the name checkpoints have) or decoder.gru.*
+        self.cell = config.rnn
+        cell = CELLS[config.rnn][0]
+        self.add_module(self.cell, cell(config.embedding_dim + latent_dim, config.hidden_size, config.num_layers,
+                                        batch_first=True))  # fmt: skip
         self.output_dropout = Dropout(config.output_dropout)
         self.output = nn.Linear(config.hidden_size, vocab_size)
-        # Bowman et al. 2016: z -> initial cell state of every layer; h0 = tanh(c0).
+        # Bowman et al. 2016: z -> initial cell state of every layer; h0 = tanh(c0) (a GRU: h0 = tanh(W z)).
         self.latent_to_state = nn.Linear(latent_dim, config.num_layers * config.hidden_size) if latent_dim else None
 
-    def initial_state(self, z: Tensor | None, batch: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
-        """z: [N, D] -> (h0, c0), each [layers, N, H]; None (zeros) without a latent code."""
+    @property
+    def recurrent(self) -> nn.RNNBase:
+        return self._modules[self.cell]
+
+    def initial_state(self, z: Tensor | None, batch: int, device: torch.device) -> State | None:
+        """z: [N, D] -> (h0, c0) for an LSTM, h0 for a GRU, each [layers, N, H]; None (zeros) without a latent code."""
         if z is None:
             return None
         c0 = self.latent_to_state(z).view(batch, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
-        return torch.tanh(c0), c0
+        return (torch.tanh(c0), c0) if self.cell == "lstm" else torch.tanh(c0)
 
-    def hidden(self, inputs: Tensor, z: Tensor | None, state=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def hidden(self, inputs: Tensor, z: Tensor | None, state=None) -> tuple[Tensor, State]:
         """inputs: [N, T] token ids, z: [N, D] or None -> hidden states [N, T, H] and the final state."""
         emb = self.embedding_dropout(self.embedding(self.word_dropout(inputs)))
         if z is not None:
             emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1).to(emb.dtype)], dim=-1)
         if state is None:
             state = self.initial_state(z, inputs.shape[0], inputs.device)
-        return self.lstm(emb, state)
+        return self.recurrent(emb, state)
 
     def log_likelihood(self, tokens: Tensor, z: Tensor | None) -> Tensor:
         """log p(x|z) summed over tokens (<eos> included). tokens: [B, T], z: [B, K, D] or None -> [B, K]."""
@@ -71,15 +89,17 @@ class LSTMDecoder(nn.Module):
         hidden, _ = self.hidden(inputs, flat_z)
         return sequence_log_prob(self.output_dropout(hidden), targets, self.output, self.pad_id).view(-1, samples)
 
-    def step(self, token: Tensor, z: Tensor | None, state) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One decoding step, keeping the LSTM state. token: [N] -> logits [N, V] and the new state."""
+    def step(self, token: Tensor, z: Tensor | None, state) -> tuple[Tensor, State]:
+        """One decoding step, keeping the recurrent state. token: [N] -> logits [N, V] and the new state."""
         hidden, state = self.hidden(token.unsqueeze(1), z, state)
         return self.output(hidden[:, 0]).float(), state
 
     @staticmethod
-    def reorder_state(state: tuple[Tensor, Tensor], index: Tensor) -> tuple[Tensor, Tensor]:
-        """Pick rows of the (h, c) state, for beam search. index: [M] -> each [layers, M, H]."""
-        return state[0].index_select(1, index), state[1].index_select(1, index)
+    def reorder_state(state: State, index: Tensor) -> State:
+        """Pick rows of the (h, c) or h state, for beam search. index: [M] -> each [layers, M, H]."""
+        if isinstance(state, tuple):
+            return state[0].index_select(1, index), state[1].index_select(1, index)
+        return state.index_select(1, index)
 
 
 class LSTMLM(nn.Module):
@@ -101,7 +121,7 @@ class LSTMLM(nn.Module):
     @staticmethod
     def flops(config: ModelConfig, vocab: int, tokens: float, sentences: float, samples: int = 1) -> float:
         """Forward matmul FLOPs over `tokens` predicted tokens in `sentences` sentences (`samples` is for the VAE)."""
-        per_token = rnn_flops_per_token(config.embedding_dim, config.hidden_size, config.num_layers)
+        per_token = rnn_flops_per_token(config.embedding_dim, config.hidden_size, config.num_layers, config.rnn)
         return (per_token + 2 * config.hidden_size * vocab) * tokens
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""Bowman et al. 2016 LSTM sentence VAE: LSTM encoder -> diagonal Gaussian q(z|x) -> LSTM decoder."""
+"""Bowman et al. 2016 LSTM sentence VAE: LSTM encoder -> diagonal Gaussian q(z|x) -> LSTM decoder (GRUs with
+model.rnn gru: see lstm_lm.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from textvae.config import ModelConfig
 from textvae.core.dropout import Dropout
 from textvae.core.latent import LatentModel
 from textvae.core.posterior import PosteriorHead
-from textvae.models.lstm_lm import LSTMDecoder, Shape, rnn_flops_per_token, rnn_gemm_shapes
+from textvae.models.lstm_lm import CELLS, LSTMDecoder, Shape, rnn_flops_per_token, rnn_gemm_shapes
 
 
 class LSTMVAE(LatentModel):
@@ -19,7 +20,7 @@ class LSTMVAE(LatentModel):
         directions = 2 if config.bidirectional else 1
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=pad_id)
         self.embedding_dropout = Dropout(config.embedding_dropout)
-        self.encoder = nn.LSTM(
+        self.encoder = CELLS[config.rnn][0](
             config.embedding_dim,
             config.hidden_size,
             config.num_layers,
@@ -36,7 +37,8 @@ class LSTMVAE(LatentModel):
         if self.encoder.bidirectional:  # the backward direction must start at each sentence's own end
             packed = nn.utils.rnn.pack_padded_sequence(embedded, batch.lengths - 1, batch_first=True,
                                                        enforce_sorted=False)  # fmt: skip
-            _, (h_n, _) = self.encoder(packed)  # h_n: [layers * directions, B, H]
+            _, state = self.encoder(packed)  # an LSTM's (h_n, c_n), a GRU's h_n: [layers * directions, B, H]
+            h_n = state[0] if isinstance(state, tuple) else state
             summary = torch.cat([h_n[-2], h_n[-1]], dim=-1)
         else:
             # Unpacked, so that oneDNN's fused LSTM runs (a packed sequence takes a per-step path, 3x slower at
@@ -56,8 +58,9 @@ class LSTMVAE(LatentModel):
         `samples` draws of z each: encoder once, posterior, z -> initial state and decoder per draw."""
         hidden, latent, layers = config.hidden_size, config.latent_dim, config.num_layers
         directions = 2 if config.bidirectional else 1
-        encoder = directions * rnn_flops_per_token(config.embedding_dim, hidden, layers) * tokens
-        decoder = (rnn_flops_per_token(config.embedding_dim + latent, hidden, layers) + 2 * hidden * vocab) * tokens
+        encoder = directions * rnn_flops_per_token(config.embedding_dim, hidden, layers, config.rnn) * tokens
+        recurrence = rnn_flops_per_token(config.embedding_dim + latent, hidden, layers, config.rnn)
+        decoder = (recurrence + 2 * hidden * vocab) * tokens
         posterior = 2 * directions * hidden * 2 * latent * sentences
         return encoder + posterior + samples * (decoder + 2 * latent * layers * hidden * sentences)
 
