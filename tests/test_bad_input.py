@@ -132,6 +132,7 @@ def unevaluated_run(tmp_path_factory) -> Path:
     corpus.mkdir()
     for split, count in (("train", 40), ("valid", 8), ("test", 8)):
         _write(corpus / f"{split}.txt", count)
+        (corpus / f"{split}.labels").write_text("".join(f"{i % 2}\n" for i in range(count)), encoding="utf-8")
     run = root / "run"
     args = ["train", str(CONFIG), "--set", f"data.corpus={corpus}", "--set", "train.max_steps=3", "--set",
             "train.eval_every=100", "--set", "train.num_text_samples=1", "--set", "data.max_length=8",
@@ -146,6 +147,7 @@ COMMANDS = {
     "sample": (["sample", "{run}", "-n", "3"], 3),
     "reconstruct": (["reconstruct", "{run}", "cat w1 cat", "dog w2 dog"], 2),
     "interpolate": (["interpolate", "{run}", "cat w1 cat", "dog w2 dog", "--steps", "4"], 4),
+    "probe": (["probe", "{run}", "--labels", "4", "--seeds", "2", "--json"], 1),
 }
 
 
