@@ -25,7 +25,7 @@ from textvae.core.evaluation import evaluate, spread
 from textvae.core.gaps import inference_gaps
 from textvae.core.hooks import AtEndOfPretraining
 from textvae.core.trainer import Trainer
-from textvae.errors import UserError
+from textvae.errors import UserError, require_extra
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = ("nelbo", "rec", "kl", "nll", "mi", "mi_ceiling", "mi_over", "au", "iw_samples", "kl_per_dim")
@@ -144,10 +144,9 @@ def manifold_clusters(features: np.ndarray, k: int, seed: int, neighbors: int = 
     (the best of 5 fits, by likelihood) clusters the embedding. -> [N] labels in [0, k)."""
     from sklearn.mixture import GaussianMixture
 
-    try:
-        import umap
-    except ImportError as error:
-        raise UserError("model.mixture_init umap needs umap-learn: pip install umap-learn") from error
+    require_extra("image", "model.mixture_init umap (umap-learn) needs", "umap")
+    import umap
+
     neighbors = min(neighbors, len(features) - 1)
     # n_jobs=1: a seed makes UMAP single-threaded anyway (it warns unless told)
     reducer = umap.UMAP(n_components=k, n_neighbors=neighbors, min_dist=0.0, random_state=seed, n_jobs=1)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
-from textvae.errors import TrainingStopped, UserError  # noqa: E402
+from textvae.errors import TrainingStopped, UserError, require_extra  # noqa: E402
 
 log = logging.getLogger("reproduce")
 GAP_OPTIONS = {"svi_steps": 300, "svi_lr": 0.02, "svi_samples": 8, "elbo_samples": 20}  # evaluate --gaps defaults
@@ -383,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"{', '.join(e.name for e in suite.entries)})")  # fmt: skip
         if args.steps <= 0 or args.iw_samples <= 0 or args.jobs <= 0 or (args.eval_examples or 0) < 0:
             raise UserError("--steps, --iw-samples and --jobs must be positive, --eval-examples not negative")
+        if not args.no_report:  # before hours of training, not after
+            require_extra("plots", "the suite's report (its plot) needs", "matplotlib")
         chosen = [e for e in suite.entries if e.name in names]
         plans = {e.name: run_config(args.config, e, args.steps, args.overrides, suite.overrides, suite.converge)
                  for e in chosen}  # fmt: skip
