@@ -8,7 +8,7 @@ from torch import nn
 
 from textvae.cli import main
 from textvae.config import DataConfig, ModelConfig
-from textvae.core.objective import ElboSettings, elbo
+from textvae.core.objective import elbo
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.generate import Decoding, decode
@@ -29,24 +29,13 @@ def _model(split, **kwargs):
                             split.tokenizer)  # fmt: skip
 
 
-@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True), (3, True)])
-@pytest.mark.parametrize("batch_size", [1, 5])
-def test_gru_vae_shapes_and_gradients(split, layers, bidirectional, batch_size):
-    model = _model(split, num_layers=layers, bidirectional=bidirectional)
-    assert isinstance(model.encoder, nn.GRU) and isinstance(model.decoder.gru, nn.GRU)
-    batch = split.collate(list(range(batch_size)))
-    mu, logvar = model.encode(batch)
-    assert mu.shape == logvar.shape == (batch_size, 3)
-    assert model.log_likelihood(batch, torch.randn(batch_size, 4, 3)).shape == (batch_size, 4)
-    terms = elbo(model, batch, ElboSettings(kl_weight=1.0))
-    assert terms.rec.shape == terms.kl.shape == (batch_size,)
-    terms.loss.backward()
-    assert model.encoder.weight_ih_l0.grad.abs().sum() > 0  # the encoder learns through z
-    assert model.decoder.latent_to_state.weight.grad.abs().sum() > 0  # z sets the initial state
+# shapes and gradients (batch size 1, several layers, bidirectional): tests/test_models.py, parametrized by model.rnn
 
 
 def test_gru_initial_state_is_tanh_of_a_projection_of_z(split):
-    decoder = _model(split, num_layers=2).decoder
+    model = _model(split, num_layers=2)
+    assert isinstance(model.encoder, nn.GRU) and isinstance(model.decoder.gru, nn.GRU)
+    decoder = model.decoder
     z = torch.randn(4, 3)
     h0 = decoder.initial_state(z, 4, z.device)
     assert h0.shape == (2, 4, 12)

@@ -26,8 +26,9 @@ def _model(split, **kwargs):
 
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True), (3, True)])
 @pytest.mark.parametrize("batch_size", [1, 5])
-def test_vae_shapes_and_gradients(split, layers, bidirectional, batch_size):
-    model = _model(split, num_layers=layers, bidirectional=bidirectional)
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])  # the GRU: tests/test_gru.py
+def test_vae_shapes_and_gradients(split, layers, bidirectional, batch_size, rnn):
+    model = _model(split, num_layers=layers, bidirectional=bidirectional, rnn=rnn)
     batch = split.collate(list(range(batch_size)))
     mu, logvar = model.encode(batch)
     assert mu.shape == logvar.shape == (batch_size, 3)
