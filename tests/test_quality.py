@@ -2,6 +2,7 @@
 corpus, and the `evaluate --reconstruction --interpolation` and `probe` commands on a tiny trained run."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -9,8 +10,9 @@ import pytest
 from textvae import config as config_lib
 from textvae.cli import main
 from textvae.data.corpus import load_corpus, resolve
+from textvae.errors import UserError
 from textvae.pipeline import train
-from textvae.probe import chance, draw_rows, probe_curve
+from textvae.probe import chance, draw_rows, probe_accuracy, probe_curve
 from textvae.quality import corpus_bleu, interpolation_scores, random_pairs, reconstruction_scores
 
 from conftest import CONFIGS, make_sentences
@@ -60,6 +62,13 @@ def test_probe_reaches_100_percent_on_a_separable_code_and_chance_on_a_constant_
     constant = probe_curve(np.ones((400, 4)), train_labels, np.ones((200, 4)), test_labels, [20, 200], draws)
     assert chance(test_labels) == 0.5
     assert constant["200"]["median"] == 0.5 and constant["20"]["max"] == 0.5
+
+
+def test_probe_without_scikit_learn_says_what_to_install(monkeypatch):
+    for name in ("sklearn", "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(UserError, match="the probe needs scikit-learn, a dependency of textvae: pip install"):
+        probe_accuracy(np.zeros((4, 2)), np.array([0, 1, 0, 1]), np.zeros((2, 2)), np.array([0, 1]))
 
 
 def _write_corpus(root, labels=True):

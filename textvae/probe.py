@@ -38,7 +38,8 @@ def _logistic_regression():
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
     except ImportError:
-        raise UserError("the probe needs scikit-learn: pip install 'scikit-learn>=1.3'") from None
+        raise UserError("the probe needs scikit-learn, a dependency of textvae: pip install -e . "
+                        "(or pip install 'scikit-learn>=1.3')") from None  # fmt: skip
     # standardized, so that C means the same for every model's scale of the code (BN-VAE's gamma, ...)
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
 
