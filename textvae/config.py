@@ -22,7 +22,7 @@ class DataConfig:
     vocab_size: int = 10000  # word: most frequent types kept (specials included); sentencepiece: pieces
     min_count: int = 1  # word: types seen fewer times in train map to <unk>
     split: str = "whitespace"  # word: whitespace (pre-tokenized text) | punct (raw text: punctuation split off)
-    lowercase: bool = False
+    lowercase: bool = False  # word: lower-case the text before building the vocabulary and encoding
     sentencepiece_type: str = "unigram"  # unigram | bpe
     max_length: int = 100  # tokens per sentence before <bos>/<eos>; longer ones are truncated and counted
     tokenizer_sample: int = 1000000  # sentencepiece trains on at most this many training sentences, spread evenly
@@ -37,17 +37,17 @@ class DataConfig:
 class ModelConfig:
     name: str = "lstm_vae"  # lstm_vae | lstm_lm | transformer_vae | transformer_lm | image_vae | image_cvae | vade
     # (textvae/registry.py: a key the chosen model does not read must keep its default)
-    embedding_dim: int = 256
-    hidden_size: int = 256
+    embedding_dim: int = 256  # word embedding size (a Transformer's model width)
+    hidden_size: int = 256  # LSTM / GRU units (a Transformer's feed-forward width; an image MLP's layer width)
     latent_dim: int = 32  # a language model has none (any value accepted: a VAE's config with the LM's name)
-    num_layers: int = 1
+    num_layers: int = 1  # stacked recurrent layers (Transformer blocks; image MLP layers)
     rnn: str = "lstm"  # lstm_vae, lstm_lm: the recurrent cell, lstm | gru (h0 = tanh(W z): no cell state)
     bidirectional: bool = False  # encoder only
-    embedding_dropout: float = 0.0
-    output_dropout: float = 0.0
+    embedding_dropout: float = 0.0  # dropout on the input embeddings (encoder and decoder), in training only
+    output_dropout: float = 0.0  # dropout on the decoder's states before the output layer (Transformer: in blocks)
     word_dropout: float = 0.0  # decoder input tokens replaced by <unk> in training mode (Bowman et al. 2016)
     # Transformer models: embedding_dim is the model width, hidden_size the feed-forward width
-    num_heads: int = 4
+    num_heads: int = 4  # attention heads; must divide embedding_dim
     max_positions: int = 256  # longest sequence (<bos>/<eos> included) the position table covers
     z_injection: str = "embedding"  # embedding | memory | both (DELLA / Optimus)
     tie_embeddings: bool = False  # output projection shares the input embedding (Transformer decoder)
@@ -97,29 +97,29 @@ class ObjectiveConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "adam"  # adam | sgd
-    lr: float = 0.001
+    lr: float = 0.001  # learning rate (the plateau decay and warm-up scale it)
     momentum: float = 0.0  # sgd only
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2 penalty of the optimizer (Adam's classic, not AdamW's decoupled one)
     grad_clip: float = 5.0  # max global gradient norm; 0 disables
     lr_decay: float = 0.5  # factor applied when validation stops improving; 1 disables
     lr_patience: int = 2  # evaluations without improvement before a decay
-    min_lr: float = 1e-5
+    min_lr: float = 1e-5  # the plateau decay stops here
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps (Transformers); 0 disables
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = 20000
+    max_steps: int = 20000  # optimizer steps in all (a resumed run may raise it)
     batch_size: int = 32  # sentences per batch
     max_tokens: int = 0  # also cap padded tokens per batch; 0 disables
     eval_every: int = 1000  # steps
     checkpoint_every: int = 0  # steps between last.pt writes; 0 means eval_every
     early_stopping: int = 0  # evaluations without improvement before stopping; 0 disables
     eval_iw_samples: int = 10  # importance samples for the NLL logged during training
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64  # sentences (images) per evaluation batch; IW samples are chunked by a token budget
     log_every: int = 50  # steps between train/ scalars
     num_text_samples: int = 3  # decoded samples and reconstructions logged at each evaluation
-    seed: int = 0
+    seed: int = 0  # initialization, data order, dropout and z draws; the same seed gives the same run
     mi_max_examples: int = 100000  # MI and active units over a seeded sample of this many examples when a split
     # is larger (the output's mi_over says so; MI's cost grows as N^2); 0: always the whole split
     data_workers: int = 0  # processes that tokenize a corpus not yet in the encoded cache; 0: one per CPU (<= 8)
