@@ -166,6 +166,15 @@ def measure_train(corpus: Path, run_dir: Path, cache: Path, checkout: Path, step
     return result
 
 
+def fresh(workdir: Path, prefix: str, label: str, size: int, ptb: Path) -> tuple[Path, Path, Path]:
+    """The synthetic corpus of `size` sentences, and an emptied cache and run directory for one measurement."""
+    corpus = make_corpus(workdir / f"corpus_{size}", size, ptb)
+    cache, run_dir = workdir / f"{prefix}cache_{label}_{size}", workdir / f"{prefix}run_{label}_{size}"
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return corpus, cache, run_dir
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000,10000000")
@@ -196,10 +205,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, checkout, label_sizes in checkouts:
         for size in label_sizes:
-            corpus = make_corpus(workdir / f"corpus_{size}", size, ptb)
-            cache, run_dir = workdir / f"cache_{label}_{size}", workdir / f"run_{label}_{size}"
-            shutil.rmtree(cache, ignore_errors=True)
-            shutil.rmtree(run_dir, ignore_errors=True)
+            corpus, cache, run_dir = fresh(workdir, "", label, size, ptb)
             first = measure(corpus, run_dir, cache, checkout, args.workers)
             resume = measure(corpus, run_dir, cache, checkout, args.workers)
             print(row(label, size, first, resume), flush=True)
@@ -210,10 +216,7 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|")
     for label, checkout, _ in checkouts:
         for size in train_sizes:
-            corpus = make_corpus(workdir / f"corpus_{size}", size, ptb)
-            cache, run_dir = workdir / f"train_cache_{label}_{size}", workdir / f"train_run_{label}_{size}"
-            shutil.rmtree(cache, ignore_errors=True)
-            shutil.rmtree(run_dir, ignore_errors=True)
+            corpus, cache, run_dir = fresh(workdir, "train_", label, size, ptb)
             first = measure_train(corpus, run_dir, cache, checkout, 1)
             resume = measure_train(corpus, run_dir, cache, checkout, 2)
             rss = max(first["rss_mb"], resume["rss_mb"]) / 1024

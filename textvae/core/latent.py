@@ -21,6 +21,7 @@ A model without a latent code (a language model) has latent_dim 0 and needs none
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 from torch import Tensor, nn
@@ -37,10 +38,14 @@ class LatentModel(nn.Module):
         super().__init_subclass__(**kwargs)
         cls.own_prior = cls.log_prior is not LatentModel.log_prior or cls.kl_divergence is not LatentModel.kl_divergence
 
+    @abstractmethod
     def encode(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """q(z|x): mu, logvar [B, D] each. Every latent model defines it."""
         raise NotImplementedError
 
+    @abstractmethod
     def log_likelihood(self, batch: Any, z: Tensor) -> Tensor:
+        """log p(x|z): z [B, K, D] -> [B, K]. Every latent model defines it."""
         raise NotImplementedError
 
     def log_prior(self, batch: Any, z: Tensor) -> Tensor:
