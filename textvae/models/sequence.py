@@ -18,15 +18,13 @@ def repeat_for_samples(tokens: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor
     return tokens, z.reshape(-1, z.shape[-1]), samples
 
 
-def sequence_log_prob(hidden: Tensor, targets: Tensor, output: nn.Module, pad_id: int) -> Tensor:
+def sequence_log_prob(hidden: Tensor, targets: Tensor, output: nn.Linear, pad_id: int) -> Tensor:
     """Sum over real positions of log p(target). hidden: [N, T, H], targets: [N, T] -> [N].
 
     Only real positions reach the output projection: padding rows never touch the vocabulary-wide softmax.
     """
     mask = targets != pad_id
-    if not isinstance(output, nn.Linear):
-        token_nll = TargetNLL.apply(output(hidden[mask]), targets[mask])
-    elif torch.is_grad_enabled():
+    if torch.is_grad_enabled():
         token_nll = linear_nll(hidden[mask], targets[mask], output)
     else:  # evaluation: the same numbers without an [M, V] log-softmax in memory
         token_nll = target_nll(hidden[mask], targets[mask], output)
@@ -83,9 +81,8 @@ class LinearNLL(torch.autograd.Function):
     Forward, per block of rows: the logits in `dtype` (one GEMM), their fp32 log-softmax read at the target,
     and right away the gradient of the NLL with respect to the logits, softmax - one-hot, stored in `dtype`.
     Backward scales those rows by the incoming gradient and makes the hidden and weight gradients with one
-    GEMM each over all rows. Against the output layer + `TargetNLL` this keeps no logits, computes the
-    softmax once instead of twice and casts the weight once: the paper-scale LSTM VAE step (vocabulary 10k,
-    1024 units) runs about 1.3x faster in bf16 on this CPU (scripts/bench_train.py).
+    GEMM each over all rows. Against an output layer followed by a blockwise cross-entropy this keeps no
+    logits, computes the softmax once instead of twice and casts the weight once (docs/performance.md).
     """
 
     @staticmethod
@@ -120,35 +117,3 @@ class LinearNLL(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[2]:
             grad_bias = (scale.t() @ grad_logits)[0].to(weight_dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None
-
-
-class TargetNLL(torch.autograd.Function):
-    """F.cross_entropy(logits.float(), targets, reduction="none"), computed in row blocks.
-
-    Forward: per block, the fp32 log-softmax of the logits, read at the target. Saved are only the logits
-    as they came (bf16 under autocast). Backward: per block, softmax - one-hot, times the incoming gradient,
-    written in the logits' dtype. No [M, V] fp32 log-softmax is stored or re-read; with fused Adam this
-    makes the CPU training step about 1.2x faster.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, rows: int = 256) -> Tensor:
-        rows = _block_rows(rows, logits.shape[0], logits.device.type)
-        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        for start in range(0, logits.shape[0], rows):
-            block = slice(start, start + rows)
-            out[block] = _block_nll(logits[block], targets[block])
-        ctx.save_for_backward(logits, targets)
-        ctx.rows = rows
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        logits, targets = ctx.saved_tensors
-        grad_logits = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], ctx.rows):
-            block = slice(start, start + ctx.rows)
-            probs = torch.softmax(logits[block], -1, dtype=torch.float32)
-            probs.scatter_add_(1, targets[block, None], -torch.ones_like(probs[:, :1]))
-            grad_logits[block] = probs * grad[block, None]
-        return grad_logits, None, None
