@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from textvae.data.batching import transfer
-from textvae.data.corpus import data_dir
+from textvae.core.device import transfer
+from textvae.core.paths import data_dir
 from textvae.errors import UserError
 
 SIDE = 28

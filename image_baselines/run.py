@@ -1,6 +1,7 @@
 """Wiring for image runs: MNIST + model + the shared trainer from a config, image reports, evaluation.
 
-The same `textvae train` / `textvae evaluate` commands reach here when model.name is an image model.
+The same `textvae train` / `evaluate` / `sample` commands reach here (through textvae/dispatch.py) when
+model.name is an image model.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from torch import nn
 from image_baselines.data import ImageSplit, load_mnist
 from image_baselines.metrics import cluster_accuracy, image_grid, nmi, save_png
 from image_baselines.models import NUM_CLASSES, LabelCVAE, QuadrantCVAE, VaDE, build_image_model
-from textvae import config as config_lib
 from textvae.config import Config
 from textvae.core import distributed
-from textvae.core.checkpoint import load_checkpoint
 from textvae.core.device import resolve_device
 from textvae.core.evaluation import evaluate, spread
 from textvae.core.gaps import inference_gaps
 from textvae.core.hooks import AtEndOfPretraining
+from textvae.core.run import load_trained, open_run, save_config
 from textvae.core.trainer import Trainer
 from textvae.errors import UserError, require_extra
 
@@ -49,7 +49,7 @@ def image_metrics(
     for key in ("kl_estimate", "au_estimate"):  # a flow posterior's Monte-Carlo estimates say so
         if key in metrics:
             out[key] = metrics[key]
-    out["images"] = metrics["sentences"]
+    out["images"] = metrics["examples"]
     if isinstance(model, VaDE):
         was_training = model.training
         model.eval()
@@ -175,15 +175,9 @@ def mixture_of_clusters(
 
 def train_image(config: Config, run_dir: Path, device: torch.device | None) -> dict[str, Any] | None:
     """Train (or resume) an image run with the shared trainer; return the last validation metrics."""
-    from textvae.pipeline import check_resumable
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_resumable(config, run_dir)
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
-    if distributed.is_main():
-        config_lib.save(config, run_dir / "config.yaml")
+    open_run(config, run_dir)
     splits = load_mnist(config.data.corpus, config.data.holdout, binarize=config.data.binarize == "dynamic")
+    save_config(config, run_dir)
     log.info("MNIST: %s", ", ".join(f"{name} {len(split)} images" for name, split in splits.items()))
     torch.manual_seed(config.train.seed)  # the model's initialization depends on the seed alone
     model = build_image_model(config.model)
@@ -204,17 +198,10 @@ def train_image(config: Config, run_dir: Path, device: torch.device | None) -> d
 
 
 def load_image_run(run_dir: Path, config: Config, checkpoint: str = "best") -> tuple[nn.Module, torch.device, int]:
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not path.is_file():
-        path = run_dir / "checkpoints" / "last.pt"
-    state = load_checkpoint(path)
     model = build_image_model(config.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        raise UserError(f"{path}: checkpoint does not match the model in {run_dir / 'config.yaml'}") from None
+    step = load_trained(run_dir, config, model, checkpoint)
     device = resolve_device(config.train.device)
-    return model.to(device).eval(), device, state["position"]["step"]
+    return model.to(device).eval(), device, step
 
 
 def evaluate_image_run(

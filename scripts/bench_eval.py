@@ -32,12 +32,12 @@ from textvae import config as config_lib  # noqa: E402
 from textvae import registry  # noqa: E402
 from textvae.config import Config  # noqa: E402
 from textvae.core.device import resolve_device  # noqa: E402
-from textvae.core.evaluation import evaluate  # noqa: E402
 from textvae.data.batching import TextSplit  # noqa: E402
 from textvae.data.corpus import load_corpus  # noqa: E402
 from textvae.data.tokenizer import WordTokenizer  # noqa: E402
 from textvae.models import build_text_model  # noqa: E402
 from textvae.pipeline import load_run  # noqa: E402
+from textvae.text_metrics import evaluate_text  # noqa: E402
 
 
 def eval_flops(config: Config, vocab: int, tokens: int, sentences: int, samples: int) -> float:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize()
     start = time.perf_counter()
-    metrics = evaluate(model, batches, args.iw_samples, device, args.precision, token_budget=args.token_budget)
+    metrics = evaluate_text(model, batches, args.iw_samples, device, args.precision, token_budget=args.token_budget)
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20

@@ -202,7 +202,7 @@ def run_config(
 
 def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> None:
     """Train (or resume) one run unless it is finished; its training time accumulates in timing.json."""
-    from textvae.pipeline import train
+    from textvae.dispatch import train
 
     timing_path = run_dir / "timing.json"
     timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {"train_s": 0.0}
@@ -229,14 +229,14 @@ def evaluate_once(
     entry: Entry, run_dir: Path, iw_samples: int, precision: str, gaps: dict | None, examples: int | None
 ) -> dict:
     """Evaluate a trained run on test once (kept in its result_file); return the stored result."""
-    from textvae.pipeline import evaluate_run
+    from textvae.dispatch import evaluate_run
 
     result_path = run_dir / result_file(iw_samples, examples)
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8"))
     log.info("%s: evaluating on test with %d importance samples", entry.name, iw_samples)
     start = time.perf_counter()
-    metrics = evaluate_run(run_dir, "test", iw_samples, precision, gaps, examples)
+    metrics = evaluate_run(run_dir, "test", iw_samples, precision, gaps=gaps, max_examples=examples)
     metrics["eval_s"] = time.perf_counter() - start
     metrics["train_s"] = json.loads((run_dir / "timing.json").read_text(encoding="utf-8"))["train_s"]
     metrics["tokens_per_s"] = training_tokens_per_s(run_dir)

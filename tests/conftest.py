@@ -17,6 +17,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TEXTVAE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+def shortest_and_longest(split) -> tuple[list[int], list[int]]:
+    """Index lists of a split's shortest sentence alone, and of it batched with the longest (so padded)."""
+    short = min(range(len(split)), key=split.lengths.__getitem__)
+    longest = max(range(len(split)), key=split.lengths.__getitem__)
+    return [short], [short, longest]
+
+
 def make_sentences(count: int, seed: int = 0) -> list[str]:
     """Short sentences with some structure (a topic word repeated) so a tiny model has something to learn."""
     rng = random.Random(seed)

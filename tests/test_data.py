@@ -57,10 +57,13 @@ def test_crlf_file_reads_as_lines(tmp_path):
     assert lines == ["one two", "three", "four five"]
 
 
-def test_invalid_utf8_names_the_line(tmp_path):
-    path = tmp_path / "bad.txt"
-    path.write_bytes(b"fine\nalso fine\nbad \xff byte\n")
-    with pytest.raises(UserError, match="line 3 is not valid UTF-8"):
+@pytest.mark.parametrize(
+    "content, message", [(b"fine\nalso fine\nbad \xff byte\n", "line 3 is not valid UTF-8"), (b"", "empty")]
+)
+def test_invalid_utf8_names_the_line_and_a_zero_byte_file_is_an_empty_corpus(tmp_path, content, message):
+    path = tmp_path / "c.txt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
         load_corpus(str(path))
 
 
@@ -180,13 +183,6 @@ def test_text_that_starts_like_an_archive_is_read_as_text(tmp_path, head):
     path.write_bytes(head + b" first line\r\nsecond\rthird\n")
     lines = corpus_lib.read_lines(path)
     assert lines == [head.decode() + " first line", "second", "third"]
-
-
-def test_zero_byte_file_is_an_empty_corpus(tmp_path):
-    path = tmp_path / "c.txt"
-    path.write_bytes(b"")
-    with pytest.raises(UserError, match="empty"):
-        load_corpus(str(path))
 
 
 def test_a_one_megabyte_line_is_read_and_truncated(tmp_path):

@@ -10,6 +10,7 @@ from textvae.core.estimators import AU_SAMPLES, posterior_mean
 from textvae.core.evaluation import evaluate
 from textvae.core.flows import attach_flow
 from textvae.core.latent import LatentModel
+from textvae.text_metrics import evaluate_text
 
 CPU = torch.device("cpu")
 
@@ -47,15 +48,27 @@ def test_evaluate_averages_per_example_and_perplexity_is_per_token_or_per_word()
     batches = [_Batch(torch.zeros(3, 2), torch.zeros(3, 2), [-10.0, -20.0, -30.0], num_tokens=7, num_words=5),
                _Batch(torch.zeros(1, 2), torch.zeros(1, 2), [-5.0], num_tokens=2, num_words=1)]  # fmt: skip
     model = _GivenPosterior(2)
-    metrics = evaluate(model, batches, 4, CPU)
+    metrics = evaluate_text(model, batches, 4, CPU)
     assert metrics["rec"] == pytest.approx(16.25) and metrics["nll"] == pytest.approx(16.25)
     assert metrics["kl"] == 0.0 and metrics["nelbo"] == pytest.approx(16.25)
     assert (metrics["sentences"], metrics["tokens"], metrics["words"]) == (4, 9, 6)
     assert metrics["ppl"] == pytest.approx(math.exp(65 / 9)) and metrics["ppl_per"] == "token"
     assert metrics["mi"] == pytest.approx(0.0, abs=1e-5) and metrics["au"] == 0
     assert metrics["mi_ceiling"] == pytest.approx(math.log(4))
-    per_word = evaluate(model, batches, 4, CPU, ppl_unit="word")
+    per_word = evaluate_text(model, batches, 4, CPU, ppl_unit="word")
     assert per_word["ppl"] == pytest.approx(math.exp(65 / 6)) and per_word["ppl_per"] == "word"
+
+
+def test_the_core_evaluation_is_modality_neutral_and_sums_the_counts_it_is_given():
+    # the same batches through the core alone: per-example metrics and the example count, no text quantities;
+    # a count function is summed over the batches (3 + 1 examples of 7 and 2 tokens)
+    batches = [_Batch(torch.zeros(3, 2), torch.zeros(3, 2), [-10.0, -20.0, -30.0], num_tokens=7, num_words=5),
+               _Batch(torch.zeros(1, 2), torch.zeros(1, 2), [-5.0], num_tokens=2, num_words=1)]  # fmt: skip
+    metrics = evaluate(_GivenPosterior(2), batches, 4, CPU)
+    assert metrics["examples"] == 4 and metrics["nll"] == pytest.approx(16.25)
+    assert not {"ppl", "ppl_per", "sentences", "tokens", "words"} & set(metrics)
+    counted = evaluate(_GivenPosterior(2), batches, 4, CPU, counts={"squares": lambda b: b.num_tokens**2})
+    assert counted["squares"] == 7**2 + 2**2
 
 
 def test_evaluate_kl_and_nelbo_match_hand_computed_values():
@@ -152,5 +165,5 @@ def test_mi_and_active_units_over_a_seeded_sample_of_a_large_split():
     assert part["mi_over"].startswith("split, N = 400 of 3000 (a seeded sample")
     assert part["mi_ceiling"] == pytest.approx(math.log(400)) and part["au"] == 2
     assert part["mi"] == pytest.approx(math.log(4.0), abs=0.2)  # the same MI, estimated on fewer examples
-    kept = ("nll", "rec", "kl", "sentences")
+    kept = ("nll", "rec", "kl", "examples")
     assert [part[key] for key in kept] == [whole[key] for key in kept]

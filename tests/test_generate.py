@@ -9,9 +9,9 @@ from textvae import config as config_lib
 from textvae.api import load
 from textvae.cli import main
 from textvae.config import ModelConfig
+from textvae.dispatch import train
 from textvae.generate import Decoding, decode, filter_logits, interpolation_path, slerp
 from textvae.models.lstm_lm import LSTMDecoder
-from textvae.pipeline import train
 
 from conftest import CONFIGS, make_sentences
 

@@ -16,8 +16,8 @@ from textvae.core.estimators import iw_log_likelihood, iw_log_weights
 from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import kl_standard_normal, log_standard_normal
 from textvae.core.objective import ElboSettings, elbo
+from textvae.dispatch import train
 from textvae.errors import UserError
-from textvae.pipeline import train
 
 from conftest import IMAGE_CONFIGS, image_config, write_idx
 

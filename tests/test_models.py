@@ -8,7 +8,7 @@ from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.models import build_text_model
 
-from conftest import make_sentences
+from conftest import make_sentences, shortest_and_longest
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +71,7 @@ def test_several_samples_equal_one_at_a_time(split):
 
 def test_padding_does_not_change_the_encoding(split):
     model = _model(split, bidirectional=True).eval()
-    short = min(range(len(split)), key=split.lengths.__getitem__)
-    longest = max(range(len(split)), key=split.lengths.__getitem__)
-    alone, _ = model.encode(split.collate([short]))
-    padded, _ = model.encode(split.collate([short, longest]))
+    alone, padded = (model.encode(split.collate(rows))[0] for rows in shortest_and_longest(split))
     assert torch.allclose(alone[0], padded[0], atol=1e-6)
 
 

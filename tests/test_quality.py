@@ -10,8 +10,8 @@ import pytest
 from textvae import config as config_lib
 from textvae.cli import main
 from textvae.data.corpus import load_corpus, resolve
+from textvae.dispatch import train
 from textvae.errors import UserError
-from textvae.pipeline import train
 from textvae.probe import chance, draw_rows, probe_accuracy, probe_curve
 from textvae.quality import corpus_bleu, interpolation_scores, random_pairs, reconstruction_scores
 

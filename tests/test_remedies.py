@@ -17,9 +17,9 @@ from textvae.core.remedies import AggressiveTraining, CollapseMonitor, reset_dec
 from textvae.core.trainer import Trainer
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
+from textvae.dispatch import train
 from textvae.errors import UserError
 from textvae.models import build_text_model
-from textvae.pipeline import train
 
 from conftest import make_sentences
 

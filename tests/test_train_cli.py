@@ -13,7 +13,7 @@ from textvae import config as config_lib
 from textvae.cli import main
 from textvae.core.evaluation import spread
 from textvae.data.tokenizer import load_tokenizer
-from textvae.pipeline import train
+from textvae.dispatch import train
 
 
 def _config(tiny_config_path, corpus_dir, *overrides):

@@ -8,7 +8,7 @@ from textvae.data.tokenizer import WordTokenizer
 from textvae.generate import Decoding, decode
 from textvae.models import build_text_model
 
-from conftest import make_sentences
+from conftest import make_sentences, shortest_and_longest
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,7 @@ def test_each_injection_mode_carries_z(split, injection):
 
 def test_padding_does_not_change_the_encoding(split):
     model = _model(split)
-    short = min(range(len(split)), key=split.lengths.__getitem__)
-    longest = max(range(len(split)), key=split.lengths.__getitem__)
-    alone, _ = model.encode(split.collate([short]))
-    padded, _ = model.encode(split.collate([short, longest]))
+    alone, padded = (model.encode(split.collate(rows))[0] for rows in shortest_and_longest(split))
     assert torch.allclose(alone[0], padded[0], atol=1e-5)
 
 

@@ -15,8 +15,8 @@ from image_baselines.run import manifold_clusters, mixture_of_clusters, posterio
 from textvae import config as config_lib
 from textvae.core.gaussian import log_normal
 from textvae.core.objective import ElboSettings, elbo
+from textvae.dispatch import train
 from textvae.errors import UserError
-from textvae.pipeline import train
 
 from conftest import IMAGE_CONFIGS, image_config
 

@@ -111,7 +111,7 @@ def _decoding_options(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from textvae import config as config_lib
-    from textvae.pipeline import train
+    from textvae.dispatch import train
 
     config = config_lib.load(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
@@ -146,7 +146,7 @@ def _check_checkpoints(run_dir: Path) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from textvae.pipeline import evaluate_run
+    from textvae.dispatch import evaluate_run
 
     if args.iw_samples < 1:
         raise UserError("--iw-samples must be at least 1")
@@ -166,7 +166,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise UserError("--interpolation must be >= 0, --steps >= 2 and --beam-size >= 1")
         quality = {"decode": args.decode, "beam_size": args.beam_size, "reconstruction": args.reconstruction,
                    "interpolations": args.interpolation, "steps": args.steps, "seed": args.seed}  # fmt: skip
-    metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision, gaps, args.max_examples, quality)
+    metrics = evaluate_run(run_dir, args.split, args.iw_samples, args.precision, gaps=gaps,
+                           max_examples=args.max_examples, quality=quality)  # fmt: skip
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -193,20 +194,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from textvae import config as config_lib
     from textvae.api import load
+    from textvae.dispatch import sample_images
 
     run_dir = Path(args.run_dir)
     _check_checkpoints(run_dir)
     if args.command == "sample" and (run_dir / "config.yaml").is_file():
-        config = config_lib.load(run_dir / "config.yaml")
-        if config.model.name in config_lib.IMAGE_MODELS:
-            from image_baselines.run import sample_images
-
-            if args.n < 1:
-                raise UserError("-n must be at least 1")
-            out = Path(args.out) if args.out else run_dir / "images" / "sample.png"
-            sample_images(run_dir, config, args.n, args.label, out, args.seed)
+        out = sample_images(run_dir, args.n, args.label, Path(args.out) if args.out else None, args.seed)
+        if out is not None:
             print(out)
             return 0
     options = {"strategy": args.decode, "beam_size": args.beam_size, "length_penalty": args.length_penalty,

@@ -1,6 +1,6 @@
 """Wiring for text runs: corpus + tokenizer + model + trainer from a config, and loading a run back.
 
-Image runs (model.name image_vae, image_cvae, vade) are handed to image_baselines.run."""
+textvae/dispatch.py sends image runs elsewhere; the run directory's lifecycle is textvae/core/run.py's."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from textvae import config as config_lib
 from textvae.config import Config
 from textvae.core import distributed
-from textvae.core.checkpoint import load_checkpoint
 from textvae.core.device import resolve_device
-from textvae.core.evaluation import evaluate, spread
+from textvae.core.evaluation import spread
 from textvae.core.gaps import inference_gaps
+from textvae.core.run import load_trained, open_run, read_config, save_config
 from textvae.core.trainer import Trainer
 from textvae.data.batching import Batches, TextSplit
 from textvae.data.corpus import load_corpus
@@ -28,10 +27,9 @@ from textvae.errors import UserError
 from textvae.generate import Decoding, decode, interpolation_path
 from textvae.models import build_text_model
 from textvae.quality import assess, corpus_bleu, reconstruct_split
+from textvae.text_metrics import evaluate_text, ppl_unit
 
 log = logging.getLogger(__name__)
-# A resumed run may change how long and how it trains, not what it trains.
-RESUMABLE_SECTIONS = ("train",)
 RECON_SENTENCES = 100  # validation sentences (spread over the split) behind val/recon_bleu: cheap, greedy
 
 
@@ -43,11 +41,6 @@ class TextRun:
     splits: dict[str, TextSplit]
     device: torch.device
     step: int = 0  # the optimizer step of the loaded checkpoint
-
-
-def ppl_unit(tokenizer: Tokenizer) -> str:
-    """Perplexity per word for subword vocabularies (comparable with word-level runs), else per token."""
-    return "word" if tokenizer.kind == "sentencepiece" else "token"
 
 
 def prepare(config: Config, run_dir: Path, splits: tuple[str, ...]) -> TextRun:
@@ -63,24 +56,6 @@ def prepare(config: Config, run_dir: Path, splits: tuple[str, ...]) -> TextRun:
     torch.manual_seed(config.train.seed)  # the model's initialization depends on the seed alone
     model = build_text_model(config.model, tokenizer, config.objective.bow_weight > 0)
     return TextRun(config, tokenizer, model, encoded, resolve_device(config.train.device))
-
-
-def check_resumable(config: Config, run_dir: Path) -> None:
-    """Refuse to resume a run directory with a config that trains something else."""
-    saved_file = run_dir / "config.yaml"
-    if not (run_dir / "checkpoints" / "last.pt").is_file() or not saved_file.is_file():
-        return
-    saved = config_lib.to_dict(config_lib.load(saved_file))
-    current = config_lib.to_dict(config)
-    for section in saved:
-        if section in RESUMABLE_SECTIONS:
-            continue
-        for key, value in saved[section].items():
-            if current[section][key] != value:
-                raise UserError(
-                    f"{run_dir} holds a run with {section}.{key}={value!r}, not {current[section][key]!r}: "
-                    "use another --run-dir to train a different model"
-                )
 
 
 def text_report(run: TextRun, count: int, seed: int = 0):
@@ -122,31 +97,13 @@ def text_report(run: TextRun, count: int, seed: int = 0):
     return report
 
 
-def train(config: Config, run_dir: Path) -> dict[str, Any] | None:
-    """Train (or resume) a text run in `run_dir`; return the last validation metrics.
-
-    Under torchrun each process trains on its share of every batch (DistributedDataParallel).
-    """
-    device = distributed.init(config.train.device)
-    try:
-        if config.model.name in config_lib.IMAGE_MODELS:
-            from image_baselines.run import train_image
-
-            return train_image(config, run_dir, device)
-        return _train(config, run_dir, device)
-    finally:
-        distributed.shutdown()
-
-
-def _train(config: Config, run_dir: Path, device: torch.device | None) -> dict[str, Any] | None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_resumable(config, run_dir)
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
+def train_text(config: Config, run_dir: Path, device: torch.device | None = None) -> dict[str, Any] | None:
+    """Train (or resume) a text run in `run_dir` (on `device`, else train.device); return the last validation
+    metrics. Under torchrun (textvae.dispatch.train sets it up) each process trains on its share of every batch."""
+    open_run(config, run_dir)
     # the tokenizer, the encoded corpus and the config are written once, then read by every rank
     run = prepare(config, run_dir, ("train", "valid")) if distributed.is_main() else None
-    if distributed.is_main():
-        config_lib.save(config, run_dir / "config.yaml")
+    save_config(config, run_dir)
     if distributed.active():
         torch.distributed.barrier()
     run = run or prepare(config, run_dir, ("train", "valid"))
@@ -160,8 +117,8 @@ def _train(config: Config, run_dir: Path, device: torch.device | None) -> dict[s
     greedy = Decoding(max_length=min(Decoding().max_length, config.data.max_length + 1))
 
     def evaluate_valid(model: nn.Module) -> dict[str, Any]:
-        metrics = evaluate(model, valid_batches, train_cfg.eval_iw_samples, run.device, train_cfg.precision,
-                           ppl_unit=ppl_unit(run.tokenizer), mi_max_examples=train_cfg.mi_max_examples)  # fmt: skip
+        metrics = evaluate_text(model, valid_batches, train_cfg.eval_iw_samples, run.device, train_cfg.precision,
+                                ppl_unit(run.tokenizer), mi_max_examples=train_cfg.mi_max_examples)  # fmt: skip
         if model.latent_dim:  # how much of a sentence the code holds, as the likelihood metrics do not say
             metrics["recon_bleu"] = corpus_bleu(*reconstruct_split(model, run.tokenizer, recon_split, greedy,
                                                                    run.device))  # fmt: skip
@@ -174,28 +131,13 @@ def _train(config: Config, run_dir: Path, device: torch.device | None) -> dict[s
 
 def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:
     """Rebuild a trained run's model and tokenizer from its directory (best.pt, else last.pt)."""
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise UserError(f"{run_dir} is not a textvae run directory (config.yaml missing)")
-    config = config_lib.load(config_file)
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not path.is_file():
-        path = run_dir / "checkpoints" / "last.pt"
-    state = load_checkpoint(path)
-    saved = state.get("config", {})
-    current = config_lib.to_dict(config)
-    for section in ("data", "model"):  # keys added to textvae after the checkpoint take their defaults
-        if any(current[section].get(key) != value for key, value in saved.get(section, {}).items()):
-            raise UserError(f"{path}: checkpoint was trained with another {section} config than {config_file}")
+    config = read_config(run_dir)
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     model = build_text_model(config.model, tokenizer, config.objective.bow_weight > 0)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        raise UserError(f"{path}: checkpoint does not match the model in {config_file}") from None
+    step = load_trained(run_dir, config, model, checkpoint)
     device = resolve_device(config.train.device)
     model.to(device).eval()
-    return TextRun(config, tokenizer, model, {}, device, state["position"]["step"])
+    return TextRun(config, tokenizer, model, {}, device, step)
 
 
 def split_batches(run: TextRun, split: str, max_examples: int | None = None) -> Batches:
@@ -207,7 +149,7 @@ def split_batches(run: TextRun, split: str, max_examples: int | None = None) -> 
     return data.batches(data.ordered(run.config.train.eval_batch_size))
 
 
-def evaluate_run(
+def evaluate_text_run(
     run_dir: Path,
     split: str,
     iw_samples: int,
@@ -221,22 +163,13 @@ def evaluate_run(
     with `quality` ({decode, beam_size, reconstruction, interpolations, steps, seed}: see quality.assess) also
     the reconstruction and interpolation scores of the same sentences, decoded up to data.max_length + 1 tokens.
     `max_examples` evaluates that many examples spread evenly over the split (the same ones every time)."""
-    config_file = run_dir / "config.yaml"
-    if config_file.is_file():
-        config = config_lib.load(config_file)
-        if config.model.name in config_lib.IMAGE_MODELS:
-            if quality is not None:
-                raise UserError("--reconstruction and --interpolation are for text runs")
-            from image_baselines.run import evaluate_image_run
-
-            return evaluate_image_run(run_dir, config, split, iw_samples, precision, gaps, max_examples)
     run = load_run(run_dir)
     if quality is not None and not run.model.latent_dim:
         raise UserError("this run is a language model: it has no latent code to reconstruct or interpolate from")
     batches = split_batches(run, split, max_examples)
     population = "split" if max_examples is None else "--max-examples part of the split"
-    metrics = evaluate(run.model, batches, iw_samples, run.device, precision, ppl_unit=ppl_unit(run.tokenizer),
-                       population=population, mi_max_examples=run.config.train.mi_max_examples)  # fmt: skip
+    metrics = evaluate_text(run.model, batches, iw_samples, run.device, precision, ppl_unit(run.tokenizer),
+                            population=population, mi_max_examples=run.config.train.mi_max_examples)  # fmt: skip
     metrics["split"] = split
     metrics["checkpoint_step"] = run.step
     if max_examples is not None:

@@ -27,3 +27,10 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def transfer(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a batch tensor to `device`; to CUDA through pinned memory, so the copy does not block the host."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -1,9 +1,10 @@
-"""Evaluate a latent-variable model on a split: nelbo, rec, kl, IW nll, ppl, MI and active units."""
+"""Evaluate a latent-variable model on a split: nelbo, rec, kl, IW nll, MI and active units, per example.
+
+Modality-neutral: the text wiring (textvae/text_metrics.py) adds perplexity from the token counts it asks for."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -77,15 +78,16 @@ def evaluate(
     precision: str = "fp32",
     token_budget: int = 32768,
     seed: int = 0,
-    ppl_unit: str = "token",
     population: str = "split",
     mi_max_examples: int = 0,
+    counts: dict[str, Callable[[Any], int]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of DESIGN.md over all `batches` (per example, summed over tokens); deterministic under `seed`.
 
     The encoder runs once per batch; its posterior serves all K importance samples, drawn in chunks
-    so that at most about `token_budget` tokens go through the decoder at once. `ppl_unit` "word"
-    divides by words (+1 per sentence end) instead of tokens: comparable across subword vocabularies.
+    so that at most about `token_budget` tokens go through the decoder at once. `counts`: name -> a function
+    of a batch; each is summed over the batches (and ranks) and returned under its name (the text wiring counts
+    tokens and words, for perplexity).
     `population` names what the batches are (the whole split, or a part of it) in `mi_over`. MI and active
     units are over a seeded sample of `mi_max_examples` examples when there are more (0: all); the other
     metrics over all, streamed: only that sample's posteriors are held.
@@ -93,7 +95,9 @@ def evaluate(
     was_training = model.training
     model.eval()
     totals = {"rec": 0.0, "kl": 0.0, "nll": 0.0}
-    examples = tokens = words = 0
+    examples = 0
+    counts = counts or {}
+    counted = dict.fromkeys(counts, 0)
     # per example: mu, logvar (MI) and, under a flow, E_q[z|x] of the z the decoder reads (active units)
     sample = Subsample(mi_max_examples, seed + 1 + distributed.rank())
     kl_sums = None  # per-dimension KL summed over examples
@@ -126,14 +130,17 @@ def evaluate(
             totals["kl"] += float(kl.sum())
             totals["nll"] += float(nll.sum())
             examples += batch.size
-            tokens += batch.num_tokens
-            words += getattr(batch, "num_words", 0)
+            for name, count in counts.items():
+                counted[name] += count(batch)
         if distributed.active():  # each rank saw a shard of the batches: add up, and pool the posteriors
             summed = distributed.sum_across(
-                torch.tensor([totals["rec"], totals["kl"], totals["nll"], examples, tokens, words], dtype=torch.float64)
+                torch.tensor(
+                    [totals["rec"], totals["kl"], totals["nll"], examples, *counted.values()], dtype=torch.float64
+                )  # fmt: skip
             )
             totals["rec"], totals["kl"], totals["nll"] = summed[:3].tolist()
-            examples, tokens, words = int(summed[3]), int(summed[4]), int(summed[5])
+            examples = int(summed[3])
+            counted = {name: int(value) for name, value in zip(counted, summed[4:].tolist())}
             if model.latent_dim:
                 kl_sums = distributed.sum_across(kl_sums if kl_sums is not None else torch.zeros(model.latent_dim))
             sample.merge(distributed.gather((sample.seen, *sample.prune())))
@@ -155,15 +162,12 @@ def evaluate(
         "rec": rec,
         "kl": kl,
         "nll": nll,
-        "ppl": math.exp(min(700.0, totals["nll"] / max(1, words if ppl_unit == "word" else tokens))),
-        "ppl_per": ppl_unit,
         "mi": mi,
         "mi_ceiling": mi_ceiling(mu_all.shape[0]),
         "mi_over": scope,
         "au": active_units(mean_all),
-        "sentences": examples,
-        "tokens": tokens,
-        "words": words,
+        "examples": examples,
+        **counted,
         "iw_samples": iw_samples if model.latent_dim else 0,
         "kl_per_dim": [round(float(v), 5) for v in kl_per_dim],
     }

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from textvae.core.device import transfer
 from textvae.data.encoding import Encoded, encode_sentences, encoded_words
 from textvae.data.tokenizer import Tokenizer
 
@@ -40,13 +41,6 @@ class TextBatch:
 
     def to(self, device: torch.device) -> TextBatch:
         return TextBatch(transfer(self.tokens, device), self.lengths, self.num_tokens, self.num_words)
-
-
-def transfer(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a batch tensor to `device`; to CUDA through pinned memory, so the copy does not block the host."""
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 class Plan(Sequence):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from textvae.core.paths import cache_dir, data_dir
 from textvae.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -60,21 +61,6 @@ class Corpus:
     # split -> one integer label per sentence, from a line-aligned SPLIT.labels beside the split's file (e.g.
     # yelp_sentiment's 0/1 sentiment); metadata for the probe, never read by training
     labels: dict[str, list[int]] = field(default_factory=dict)
-
-
-def cache_dir() -> Path:
-    """The directory textvae controls for downloads and the `datasets` cache."""
-    return Path(os.environ.get("TEXTVAE_CACHE_DIR", Path.home() / ".cache" / "textvae"))
-
-
-def data_dir() -> Path:
-    """$TEXTVAE_DATA_DIR, else ../shared/data beside the checkout when present, else the user cache."""
-    if os.environ.get("TEXTVAE_DATA_DIR"):
-        return Path(os.environ["TEXTVAE_DATA_DIR"])
-    beside = Path(__file__).resolve().parents[3] / "shared" / "data"
-    if beside.is_dir():
-        return beside
-    return cache_dir() / "data"
 
 
 def sha256_of(path: Path) -> str:

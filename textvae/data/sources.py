@@ -24,37 +24,33 @@ HASH_BLOCK = 8 << 20
 
 
 @dataclass(frozen=True)
-class FileChunk:
-    """Lines [start, stop) of a text file, as byte offsets on line boundaries."""
+class Chunk:
+    """Items [start, stop) of one source: byte offsets on line boundaries of a text file (FileChunk), or rows of
+    a `datasets` split that the workers find in `datasets` by stream name (RowChunk)."""
 
-    path: str
+    source: str  # the file's path, or the stream's name
     start: int
     stop: int
 
+
+class FileChunk(Chunk):
     def read(self, datasets: Mapping[str, Any]) -> tuple[list[str], int]:
         """The chunk's cleaned non-blank lines and how many blank ones were skipped."""
-        with open(self.path, "rb") as handle:
+        with open(self.source, "rb") as handle:
             handle.seek(self.start)
             raw = handle.read(self.stop - self.start)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             offset = self.start + error.start
-            line = _line_at(self.path, offset)
-            raise UserError(f"{self.path}: line {line} is not valid UTF-8 (byte {offset})") from None
+            line = _line_at(self.source, offset)
+            raise UserError(f"{self.source}: line {line} is not valid UTF-8 (byte {offset})") from None
         return clean_text(text)
 
 
-@dataclass(frozen=True)
-class RowChunk:
-    """Rows [start, stop) of a `datasets` split, which the workers find in `datasets` by stream name."""
-
-    stream: str
-    start: int
-    stop: int
-
+class RowChunk(Chunk):
     def read(self, datasets: Mapping[str, Any]) -> tuple[list[str], int]:
-        dataset, column = datasets[self.stream]
+        dataset, column = datasets[self.source]
         texts = dataset[self.start : self.stop][column]
         return clean(["" if text is None else str(text) for text in texts])
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from textvae.config import ModelConfig
 from textvae.core.dropout import Dropout
 from textvae.core.word_dropout import WordDropout
-from textvae.models.sequence import repeat_for_samples, sequence_log_prob
+from textvae.models.sequence import DecoderLM, repeat_for_samples, sequence_log_prob
 
 CELLS = {"lstm": (nn.LSTM, 4), "gru": (nn.GRU, 3)}  # model.rnn -> the torch module and its number of gates
 State = tuple[Tensor, Tensor] | Tensor  # an LSTM's (h, c) or a GRU's h, each [layers, N, H]
@@ -102,21 +102,10 @@ class LSTMDecoder(nn.Module):
         return state.index_select(1, index)
 
 
-class LSTMLM(nn.Module):
+class LSTMLM(DecoderLM):
     """LSTM language model: the VAE's decoder without a latent code. Its log-likelihood is exact."""
 
-    latent_dim = 0
-
-    def __init__(self, vocab_size: int, config: ModelConfig, pad_id: int, unk_id: int, special_ids: list[int]):
-        super().__init__()
-        self.decoder = LSTMDecoder(vocab_size, config, 0, pad_id, unk_id, special_ids)
-
-    def encode(self, batch) -> tuple[Tensor, Tensor]:
-        raise TypeError("LSTMLM has no latent code to encode")
-
-    def log_likelihood(self, batch, z: Tensor | None) -> Tensor:
-        """log p(x) per sentence. -> [B, 1]."""
-        return self.decoder.log_likelihood(batch.tokens, None)
+    decoder_class = LSTMDecoder
 
     @staticmethod
     def flops(config: ModelConfig, vocab: int, tokens: float, sentences: float, samples: int = 1) -> float:

@@ -117,3 +117,22 @@ class LinearNLL(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[2]:
             grad_bias = (scale.t() @ grad_logits)[0].to(weight_dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+class DecoderLM(nn.Module):
+    """A VAE's decoder without a latent code: the language-model baseline of the same size, with an exact
+    log-likelihood. A subclass names its `decoder_class` (built with latent size 0)."""
+
+    latent_dim = 0
+    decoder_class: type[nn.Module]
+
+    def __init__(self, vocab_size: int, config, pad_id: int, unk_id: int, special_ids: list[int]):
+        super().__init__()
+        self.decoder = self.decoder_class(vocab_size, config, 0, pad_id, unk_id, special_ids)
+
+    def encode(self, batch) -> tuple[Tensor, Tensor]:
+        raise TypeError(f"{type(self).__name__} has no latent code to encode")
+
+    def log_likelihood(self, batch, z: Tensor | None) -> Tensor:
+        """log p(x) per sentence. -> [B, 1]."""
+        return self.decoder.log_likelihood(batch.tokens, None)

@@ -16,7 +16,7 @@ from textvae.config import ModelConfig
 from textvae.core.latent import LatentModel
 from textvae.core.posterior import PosteriorHead
 from textvae.core.word_dropout import WordDropout
-from textvae.models.sequence import repeat_for_samples, sequence_log_prob
+from textvae.models.sequence import DecoderLM, repeat_for_samples, sequence_log_prob
 
 Cache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [N, heads, t, head_dim]
 Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
@@ -203,20 +203,10 @@ class TransformerVAE(LatentModel):
         return stack_gemm_shapes(config, vocab, tokens, stacks=2)
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(DecoderLM):
     """The Transformer VAE's decoder without z: the baseline of the same size. Exact log-likelihood."""
 
-    latent_dim = 0
-
-    def __init__(self, vocab_size: int, config: ModelConfig, pad_id: int, unk_id: int, special_ids: list[int]):
-        super().__init__()
-        self.decoder = TransformerDecoder(vocab_size, config, 0, pad_id, unk_id, special_ids)
-
-    def encode(self, batch) -> tuple[Tensor, Tensor]:
-        raise TypeError("TransformerLM has no latent code to encode")
-
-    def log_likelihood(self, batch, z: Tensor | None) -> Tensor:
-        return self.decoder.log_likelihood(batch.tokens, None)
+    decoder_class = TransformerDecoder
 
     @staticmethod
     def flops(config: ModelConfig, vocab: int, tokens: float, sentences: float, samples: int = 1) -> float:
