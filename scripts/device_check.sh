@@ -29,6 +29,11 @@ for tokens in 8192 32768 65536; do
     --set train.device=cuda --set train.max_tokens=$tokens --set train.batch_size=4096 | tee -a "$OUT/bench_train.jsonl"
 done
 
+log "the same step compiled (train.compile=reduce-overhead: CUDA graphs), 8k-token batches"
+timeout 150 python scripts/bench_train.py configs/text/ptb_lstm_vae_large.yaml --steps 30 --json \
+  --set train.device=cuda --set train.max_tokens=8192 --set train.batch_size=4096 \
+  --set train.compile=reduce-overhead | tee -a "$OUT/bench_train.jsonl"
+
 log "IW-500 evaluation, large VAE, bf16"
 timeout 150 python scripts/bench_eval.py configs/text/ptb_lstm_vae_large.yaml --iw-samples 500 --sentences 500 \
   --precision bf16 --json --set train.device=cuda | tee -a "$OUT/bench_eval.jsonl"

@@ -126,6 +126,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32)
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    compile: str = "none"  # none | default | reduce-overhead: torch.compile the training step's forward (opt-in:
+    # each new batch shape compiles first; reduce-overhead records CUDA graphs on a GPU; docs/performance.md)
     max_nonfinite_steps: int = 20  # consecutive skipped (NaN/inf) steps before the run stops
     collapse_kl: float = 0.1  # collapse monitor: validation KL (nats per example) below this is counted
     collapse_patience: int = 3  # evaluations in a row with a collapse signal before the warning; 0 disables
@@ -164,6 +166,7 @@ _CHOICES = {
     ("optim", "name"): ("adam", "sgd"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("fp32", "bf16"),
+    ("train", "compile"): ("none", "default", "reduce-overhead"),
 }
 _POSITIVE = {
     ("data", "vocab_size"),

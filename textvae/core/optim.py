@@ -45,6 +45,7 @@ class Stepper:
     def __init__(self, model: nn.Module, objective: nn.Module, config: Config, device: torch.device, world: int):
         self.model, self.objective, self.module = model, objective, objective
         self.optim, self.precision, self.device, self.world = config.optim, config.train.precision, device, world
+        self.compile = config.train.compile
         self.optimizer = build_optimizer(model, config.optim)
         # optim.lr_decay 1 disables the plateau decay (the trainer does not step it then)
         factor = config.optim.lr_decay if config.optim.lr_decay < 1.0 else 0.5
@@ -52,11 +53,14 @@ class Stepper:
                                            min_lr=config.optim.min_lr)  # fmt: skip
 
     def distribute(self) -> None:
-        """Wrap the objective in DistributedDataParallel when there is more than one process (model on its device)."""
+        """Wrap the objective in DistributedDataParallel when there is more than one process (model on its device),
+        then in torch.compile under train.compile. The parameters stay the model's: checkpoints are unchanged."""
         self.module = self.objective
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.module = torch.nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
+        if self.compile != "none":
+            self.module = torch.compile(self.module, mode=self.compile)
 
     def _backward(self, batch: Any, share: float, step: int) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.precision):
