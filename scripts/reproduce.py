@@ -23,165 +23,19 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
+from suites import PAPER_SOURCE, SUITES, Entry, Suite  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
 from textvae.errors import TrainingStopped, UserError, require_extra  # noqa: E402
 
 log = logging.getLogger("reproduce")
-GAP_OPTIONS = {"svi_steps": 300, "svi_lr": 0.02, "svi_samples": 8, "elbo_samples": 20}  # evaluate --gaps defaults
-# PTB: the refinement converges much faster than on MNIST. scripts/svi_convergence.py on 16 test sentences
-# of the trained Gaussian run gained 1.08 / 1.13 / 0.97 nats with 50 (lr 0.05) / 300 (0.02) / 1,000 (0.01)
-# eight-sample steps, and on the 8-IAF run 1.26 / 1.22 with 50 / 200 steps at 0.05: equal within the noise
-# of the ELBO estimates, at a twentieth of the cost of 1,000 steps.
-PTB_GAP_OPTIONS = {"svi_steps": 50, "svi_lr": 0.05, "svi_samples": 8, "elbo_samples": 50}
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    label: str
-    overrides: Callable[[int], list[str]]  # step budget -> --set overrides
-    budget: float = 1.0  # share of the suite's step budget (IWAE: k decoder passes per step)
-
-
-def _vae(schedule: str, steps: int, free_bits: float = 0.0, weight: float = 1.0, *extra: str) -> list[str]:
-    """A VAE with the given KL schedule and free bits; every remedy key set explicitly."""
-    return [
-        "model.name=lstm_vae",
-        f"objective.kl_schedule={schedule}",
-        f"objective.kl_weight={weight}",
-        "objective.kl_start=0.0",
-        f"objective.warmup_steps={max(2, steps // 3)}",
-        f"objective.free_bits={free_bits}",
-        "objective.free_bits_mode=dim",
-        "model.word_dropout=0.0",
-        *extra,
-    ]
-
-
-@dataclass(frozen=True)
-class Suite:
-    title: str
-    config: str  # the base config, relative to the repository
-    steps: int  # the default step budget of every run
-    iw_samples: int
-    entries: list[Entry]
-    gaps: dict | None = None  # options of the inference-gap report (SVI refinement), if the suite has one
-    text: bool = True
-    eval_examples: int | None = None  # test examples spread evenly over the split (None: all of them)
-    overrides: tuple[str, ...] = ()  # settings every run of the suite shares, before the runs' own
-    converge: bool = False  # runs keep their config's evaluation grid and early stopping; steps are a cap
-    published: dict[str, dict] | None = None  # run name -> the published figures of that row, and `source`
-
-
-# Free bits per dimension: a floor of 32 x 0.2 = 6.4 nats. The trained code sits a little under its floor on
-# test (0.15/dim, a 4.8-nat floor, held 4.45 nats in the 6,000-step H200 run), and the comparison asks for
-# codes of at least 5 nats.
-PTB_FREE_BITS = 0.2
-# The remedies: the LSTM LM, the plain VAE, and one remedy (or a common combination) per row.
-REMEDIES = [
-    Entry("lm", "LSTM LM", lambda s: ["model.name=lstm_lm"]),
-    Entry("vae", "VAE (no remedy)", lambda s: _vae("constant", s)),
-    Entry("anneal", "VAE + linear KL annealing", lambda s: _vae("linear", s)),
-    Entry("anneal_wd", "+ word dropout 0.25", lambda s: [*_vae("linear", s), "model.word_dropout=0.25"]),
-    Entry("anneal_fb", "+ free bits 0.2/dim", lambda s: _vae("linear", s, PTB_FREE_BITS)),
-    Entry("cyclical", "cyclical annealing (M=4, R=0.5)",
-          lambda s: _vae("cyclical", s, 0.0, 1.0, "objective.cycles=4", "objective.cycle_ratio=0.5")),
-    Entry("beta04", "β = 0.4 (constant)", lambda s: _vae("constant", s, 0.0, 0.4)),
-    Entry("aggressive", "aggressive encoder + annealing",  # smaller inner loops than He et al.: CPU budget
-          lambda s: [*_vae("linear", s), "objective.aggressive=true", "objective.aggressive_window=5",
-                     "objective.aggressive_max_inner=20", f"objective.aggressive_until={max(1, s // 6)}"]),
-    Entry("pretrain_fb", "AE pretraining, decoder reset, + free bits",
-          lambda s: [*_vae("linear", s, PTB_FREE_BITS), f"objective.pretrain_steps={max(1, s // 6)}",
-                     "objective.reset_decoder=true"]),
-    Entry("bow", "bag-of-words loss + annealing", lambda s: [*_vae("linear", s), "objective.bow_weight=1.0"]),
-]  # fmt: skip
-
-
-def _posterior(flow: str, layers: int, *extra: str) -> list[str]:
-    return [f"model.flow={flow}", f"model.flow_layers={max(1, layers)}", *extra]
-
-
-# Richer posteriors (issue: flows and the inference gap): a target KL of 5 nats keeps the text code alive
-# for the Gaussian and flow rows alike (free bits per dimension need an analytic KL); IWAE has none.
-PTB_TARGET_KL = ["objective.free_bits=5.0", "objective.free_bits_mode=vector"]
-POSTERIORS = [
-    Entry("gaussian", "Gaussian", lambda s: _posterior("none", 1, *PTB_TARGET_KL)),
-    Entry("iaf2", "Gaussian + 2 IAF", lambda s: _posterior("iaf", 2, *PTB_TARGET_KL)),
-    Entry("iaf8", "Gaussian + 8 IAF", lambda s: _posterior("iaf", 8, *PTB_TARGET_KL)),
-    Entry("iwae10", "IWAE k=10 (Gaussian)", lambda s: _posterior("none", 1, "objective.iw_samples=10",
-                                                                 "objective.free_bits=0"), budget=0.2),
-]  # fmt: skip
-IMAGE_POSTERIORS = [
-    Entry("gaussian", "Gaussian", lambda s: _posterior("none", 1)),
-    Entry("iaf2", "Gaussian + 2 IAF", lambda s: _posterior("iaf", 2)),
-    Entry("iaf8", "Gaussian + 8 IAF", lambda s: _posterior("iaf", 8)),
-    Entry("iwae10", "IWAE k=10 (Gaussian)", lambda s: _posterior("none", 1, "objective.iw_samples=10"), budget=0.25),
-]
-
-# Paper scale (embedding 512, 1,024 units, z 32; configs/text/ptb_lstm_vae_large.yaml), each run to convergence:
-# validation every 200 steps (~1.25 epochs), early stopping after five evaluations without improvement.
-# One epoch is ~160 steps of ~6,000 tokens; the KL weight rises from 0.1 over 1,600 steps (~10 epochs).
-PAPER_EPOCH = 160
-
-
-def _paper_vae(free_bits: float = 0.0, *extra: str) -> list[str]:
-    """The large config's VAE with every remedy key set explicitly (linear annealing from 0.1 over ~10 epochs)."""
-    return [
-        "model.name=lstm_vae", "objective.kl_schedule=linear", "objective.kl_start=0.1", "objective.kl_weight=1.0",
-        f"objective.warmup_steps={10 * PAPER_EPOCH}", f"objective.free_bits={free_bits}",
-        "objective.free_bits_mode=dim", "model.word_dropout=0.0", *extra,
-    ]  # fmt: skip
-
-
-# Li et al. 2019: the autoencoder first (z = mu, no KL), the decoder re-initialized, then the VAE with free bits.
-# 0.25 nats a dimension is an 8-nat floor over 32 units (the paper's lambda is a per-unit threshold too).
-PAPER_FREE_BITS = 0.25
-PAPER = [
-    Entry("lm", "LSTM LM", lambda s: ["model.name=lstm_lm"]),
-    Entry("anneal", "VAE + linear annealing", lambda s: _paper_vae()),
-    Entry("pretrain_fb", "AE pretraining + decoder reset + free bits 0.25/dim",
-          lambda s: _paper_vae(PAPER_FREE_BITS, f"objective.pretrain_steps={10 * PAPER_EPOCH}",
-                               "objective.reset_decoder=true")),
-    Entry("bn_vae", "BN-VAE γ=0.6 (Zhu et al. 2020)",
-          lambda s: _paper_vae(0.0, "model.bn_gamma=0.6", "objective.kl_schedule=constant")),
-    Entry("cyclical_fb", "cyclical annealing + free bits 0.25/dim",
-          lambda s: _paper_vae(PAPER_FREE_BITS, "objective.kl_schedule=cyclical", "objective.kl_start=0.0",
-                               "objective.cycles=4", "objective.cycle_ratio=0.5",
-                               f"objective.cycle_total_steps={40 * PAPER_EPOCH}")),
-    Entry("beta04", "β = 0.4 (constant)", lambda s: _paper_vae(0.0, "objective.kl_schedule=constant",
-                                                               "objective.kl_weight=0.4")),
-    Entry("aggressive", "aggressive encoder + annealing (He et al.)",
-          lambda s: [*_paper_vae(), "objective.aggressive=true", "objective.aggressive_window=5",
-                     "objective.aggressive_max_inner=20", f"objective.aggressive_until={10 * PAPER_EPOCH}"]),
-    Entry("bow", "bag-of-words loss + annealing", lambda s: [*_paper_vae(), "objective.bow_weight=1.0"]),
-]  # fmt: skip
-# Li et al. 2019 as tabulated in Optimus (Li et al. 2020), Table 8: NLL by 500 importance samples, nats per sentence.
-PAPER_SOURCE = "Li et al. 2019, as tabulated in Optimus (Li et al. 2020), Table 8"
-PAPER_PUBLISHED = {
-    "lm": {"ppl": 100.47, "nll": 101.04},
-    "aggressive": {"ppl": 99.83, "nll": 101.19, "kl": 0.93, "mi": 0.83, "au": 4},
-    "pretrain_fb": {"ppl": 96.86, "nll": 102.41, "kl": 6.54, "mi": 5.31, "au": 32, "note": "−ELBO"},
-}
-
-SUITES: dict[str, Suite] = {
-    "ptb": Suite("PTB: posterior-collapse remedies", "configs/text/ptb_lstm_vae.yaml", 6000, 500, REMEDIES,
-                 overrides=("train.batch_size=64",)),  # about 9 epochs
-    "ptb_gaps": Suite("PTB: richer posteriors and the inference gaps", "configs/text/ptb_lstm_vae.yaml", 6000, 500,
-                      POSTERIORS, gaps=PTB_GAP_OPTIONS, eval_examples=500),
-    "mnist_gaps": Suite("MNIST: richer posteriors and the inference gaps", "configs/image/vae_mnist.yaml", 100000,
-                        5000, IMAGE_POSTERIORS, gaps=GAP_OPTIONS, text=False),
-    "ptb_paper": Suite("PTB at paper scale: the published LSTM table", "configs/text/ptb_lstm_vae_large.yaml",
-                       10000, 500, PAPER, converge=True, published=PAPER_PUBLISHED),
-}  # fmt: skip
 
 
 def run_config(
