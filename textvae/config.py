@@ -1,10 +1,8 @@
-"""Typed, frozen configuration: YAML in, dotted `--set` overrides, strict validation, YAML out."""
+"""Typed, frozen configuration: YAML in, dotted `--set` overrides, strict validation (config_checks.py), YAML out."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,14 @@ from typing import Any
 import yaml
 
 from textvae import registry
+from textvae.config_checks import build_section, hidden_sizes, short, validate
+from textvae.config_yaml import DuplicateKeyError, apply_overrides, parse_yaml
 from textvae.errors import UserError
+
+__all__ = [  # the checks and the YAML reading live in config_checks.py and config_yaml.py
+    "Config", "DataConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig", "IMAGE_MODELS",
+    "apply_overrides", "from_dict", "hidden_sizes", "load", "parse_yaml", "replace", "save", "to_dict", "validate",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -145,197 +150,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-_CHOICES = {
-    ("data", "tokenizer"): ("word", "sentencepiece"),
-    ("data", "split"): ("whitespace", "punct"),
-    ("data", "sentencepiece_type"): ("unigram", "bpe"),
-    ("data", "binarize"): ("dynamic", "none"),
-    ("model", "name"): registry.names(),
-    ("model", "rnn"): ("lstm", "gru"),
-    ("model", "z_injection"): ("embedding", "memory", "both"),
-    ("model", "architecture"): ("mlp", "conv"),
-    ("model", "activation"): ("tanh", "relu"),
-    ("model", "condition"): ("label", "quadrants"),
-    ("model", "init"): ("default", "xavier"),
-    ("model", "flow"): ("none", "planar", "iaf"),
-    ("model", "pretrain_loss"): ("likelihood", "mse"),
-    ("model", "mixture_covariance"): ("diag", "full"),
-    ("model", "mixture_init"): ("gmm", "umap"),
-    ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
-    ("objective", "free_bits_mode"): ("dim", "vector"),
-    ("optim", "name"): ("adam", "sgd"),
-    ("train", "device"): ("auto", "cpu", "cuda"),
-    ("train", "precision"): ("fp32", "bf16"),
-    ("train", "compile"): ("none", "default", "reduce-overhead"),
-}
-_POSITIVE = {
-    ("data", "vocab_size"),
-    ("data", "max_length"),
-    ("model", "embedding_dim"),
-    ("model", "hidden_size"),
-    ("model", "latent_dim"),
-    ("model", "num_layers"),
-    ("model", "num_heads"),
-    ("model", "max_positions"),
-    ("objective", "cycles"),
-    ("objective", "iw_samples"),
-    ("objective", "aggressive_max_inner"),
-    ("objective", "aggressive_window"),
-    ("model", "num_clusters"),
-    ("model", "flow_layers"),
-    ("model", "flow_hidden"),
-    ("optim", "lr"),
-    ("train", "max_steps"),
-    ("train", "batch_size"),
-    ("train", "eval_every"),
-    ("train", "eval_batch_size"),
-    ("train", "log_every"),
-}
-_PROBABILITIES = {
-    ("data", "holdout"),
-    ("model", "embedding_dropout"),
-    ("model", "output_dropout"),
-    ("model", "word_dropout"),
-    ("objective", "cycle_ratio"),
-}
-
-
-def _check_type(key: str, value: Any, kind: Any) -> Any:
-    """Return `value` as `kind` (int widens to float) or raise UserError naming `key`."""
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if is_int and not -(2**63) <= value < 2**63:  # torch takes 64-bit integers; float() of a huge one overflows
-        raise UserError(f"config key {key}: out of range (64-bit integers), got {_short(value)}")
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = is_int
-    elif kind is float:
-        ok = is_int or isinstance(value, float)
-        value = float(value) if ok else value
-    elif kind is str and is_int:
-        ok, value = True, str(value)  # --set model.hidden_sizes=500 reads as an int
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise UserError(f"config key {key}: expected {kind.__name__}, got {_short(value)}")
-    if kind is float and not math.isfinite(value):  # YAML reads .nan and .inf; no setting means them
-        raise UserError(f"config key {key}: must be a finite number, got {value}")
-    return value
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """repr(value) cut to `limit` characters, so that an error stays one readable line."""
-    if isinstance(value, int) and value.bit_length() > 256:  # repr() refuses ints of over 4,300 digits
-        return f"an integer of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _label(key: Any) -> str:
-    """A key as written when it is a short printable string, else its (cut) repr: one line either way."""
-    return key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else _short(key)
-
-
-def _build_section(name: str, cls: type, raw: Any) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"config section {name}: expected a mapping, got {_short(raw)}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise UserError(f"unknown config key {name}.{_label(key)} (known: {', '.join(sorted(known))})")
-        values[key] = _check_type(f"{name}.{key}", value, hints[key])
-    return cls(**values)
-
-
-def validate(config: Config) -> Config:
-    """Check ranges and choices; raise UserError naming the first bad key."""
-    for section in dataclasses.fields(config):
-        part = getattr(config, section.name)
-        for f in dataclasses.fields(part):
-            key, value = (section.name, f.name), getattr(part, f.name)
-            dotted = ".".join(key)
-            if key in _CHOICES and value not in _CHOICES[key]:
-                raise UserError(f"config key {dotted}: {_short(value)} is not one of {', '.join(_CHOICES[key])}")
-            if key in _POSITIVE and value <= 0:
-                raise UserError(f"config key {dotted}: must be positive, got {value}")
-            if key in _PROBABILITIES and not 0.0 <= value < 1.0:
-                raise UserError(f"config key {dotted}: must be in [0, 1), got {value}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise UserError(f"config key {dotted}: must not be negative, got {value}")
-    if not config.data.corpus.strip():
-        raise UserError("config key data.corpus: empty (a known corpus name or a path)")
-    model, entry = config.model, registry.spec(config.model.name)
-    _check_model_keys(model)
-    if not 0.0 < config.optim.lr_decay <= 1.0:
-        raise UserError(f"config key optim.lr_decay: must be in (0, 1] (1 disables), got {config.optim.lr_decay}")
-    if "num_heads" in entry.reads and model.embedding_dim % model.num_heads:
-        raise UserError(f"config key model.num_heads: {model.num_heads} does not divide model.embedding_dim")
-    if "max_positions" in entry.reads and model.max_positions < config.data.max_length + 2:
-        raise UserError("config key model.max_positions: must be at least data.max_length + 2")
-    objective = config.objective
-    if objective.kl_schedule in ("linear", "logistic") and objective.warmup_steps <= objective.anneal_start:
-        raise UserError(
-            f"config key objective.warmup_steps: the KL schedule would end (step {objective.warmup_steps}) "
-            f"before it starts (objective.anneal_start {objective.anneal_start})"
-        )
-    if objective.kl_schedule == "cyclical" and 0 < objective.cycle_total_steps < objective.cycles:
-        raise UserError("config key objective.cycle_total_steps: fewer steps than cycles")
-    if objective.iw_samples > 1 and objective.free_bits > 0:
-        raise UserError("config key objective.free_bits: free bits do not apply to the IWAE bound (iw_samples > 1)")
-    if objective.reset_decoder and not objective.pretrain_steps:
-        raise UserError("config key objective.reset_decoder: needs objective.pretrain_steps > 0 (the decoder is "
-                        "re-initialized when the autoencoder phase ends)")  # fmt: skip
-    for key in ("aggressive", "bow_weight", "reset_decoder"):
-        if not entry.latent and getattr(objective, key):
-            raise UserError(f"config key objective.{key}: {model.name} has no latent code")
-    if objective.bow_weight and entry.family != "text":
-        raise UserError("config key objective.bow_weight: the bag-of-words loss is for text models")
-    if model.flow != "none" and objective.free_bits > 0 and objective.free_bits_mode == "dim":
-        raise UserError("config key objective.free_bits_mode: free bits per dimension need a per-dimension KL, "
-                        "which a flow posterior does not have (use free_bits_mode=vector, a target KL)")  # fmt: skip
-    if model.pretrain_loss != "likelihood" and model.architecture != "mlp":
-        raise UserError("config key model.pretrain_loss: mse is for the image MLPs")
-    if not 0 <= model.pretrain_dropout < 1:
-        raise UserError(f"config key model.pretrain_dropout: a share in [0, 1) of pixels, got {model.pretrain_dropout}")
-    if entry.family == "image":
-        if model.quadrants_given not in (1, 2, 3):
-            raise UserError(f"config key model.quadrants_given: must be 1, 2 or 3, got {model.quadrants_given}")
-        hidden_sizes(model)
-    return config
-
-
 IMAGE_MODELS = registry.names("image")
-
-
-def _check_model_keys(model: ModelConfig) -> None:
-    """Refuse a model.* key that the chosen model does not read (textvae/registry.py), set to a value other
-    than its default: it would be ignored without a word."""
-    entry = registry.spec(model.name)
-    for field_ in dataclasses.fields(ModelConfig):
-        key = field_.name
-        if key == "name" or key in entry.reads or key in entry.tolerates or getattr(model, key) == field_.default:
-            continue
-        readers = [name for name, other in registry.MODELS.items() if key in other.reads]
-        raise UserError(f"config key model.{key}: {model.name} does not read it; leave it at {field_.default!r} "
-                        f"(a key of {', '.join(readers)})")  # fmt: skip
-
-
-def hidden_sizes(model: ModelConfig) -> list[int]:
-    """The image MLP's hidden layer widths: model.hidden_sizes, else num_layers x hidden_size."""
-    if not model.hidden_sizes.strip():
-        return [model.hidden_size] * model.num_layers
-    try:
-        sizes = [int(part) for part in model.hidden_sizes.split(",")]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) <= 0:
-        raise UserError(f"config key model.hidden_sizes: expected positive integers separated by commas, "
-                        f"got {model.hidden_sizes!r}")  # fmt: skip
-    return sizes
 
 
 def from_dict(raw: Any) -> Config:
@@ -347,66 +162,13 @@ def from_dict(raw: Any) -> Config:
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for name in raw:
         if name not in sections:
-            raise UserError(f"unknown config section {_short(name)} (known: {', '.join(sections)})")
-    built = {name: _build_section(name, f.default_factory, raw.get(name)) for name, f in sections.items()}
+            raise UserError(f"unknown config section {short(name)} (known: {', '.join(sections)})")
+    built = {name: build_section(name, f.default_factory, raw.get(name)) for name, f in sections.items()}
     return validate(Config(**built))
 
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(config)
-
-
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping names a key twice; `load` turns it into a UserError naming the file."""
-
-    def __init__(self, key: Any, first: int, second: int):
-        super().__init__(f"key {_short(key)} appears twice, on lines {first} and {second}")
-
-
-class StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key repeated in a mapping at any depth (the safe loader keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            # merge keys (<<) may repeat; a non-scalar key is refused by the safe loader itself
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
-            if key in seen:
-                raise DuplicateKeyError(key, seen[key], line)
-            seen[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def parse_yaml(text: str) -> Any:
-    """Parse YAML text with StrictLoader; every failure is a yaml.YAMLError."""
-    try:
-        return yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader: no Python objects
-    except (ValueError, RecursionError) as error:  # an int of over 4,300 digits; nesting deeper than Python's stack
-        raise yaml.YAMLError(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` strings (values parsed as YAML scalars) to a nested mapping."""
-    # copy the sections (a non-mapping one is left for from_dict to refuse, naming it)
-    raw = {k: dict(v) if isinstance(v, dict) else ({} if v is None else v) for k, v in (raw or {}).items()}
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"--set {_short(item)}: expected section.key=value")
-        dotted, text = item.split("=", 1)
-        parts = dotted.strip().split(".")
-        if len(parts) != 2:
-            raise UserError(f"--set {_short(item)}: expected a key of the form section.key")
-        try:
-            value = parse_yaml(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        section = raw.setdefault(parts[0], {})
-        if not isinstance(section, dict):
-            raise UserError(f"config section {_label(parts[0])}: expected a mapping, got {_short(section)}")
-        section[parts[1]] = value
-    return raw
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Config:
