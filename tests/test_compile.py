@@ -29,6 +29,7 @@ def test_a_compiled_step_trains_as_the_eager_one(tiny_config_path, corpus_dir, t
     resumed = train(config_lib.load(tiny_config_path, [*options, "train.max_steps=12", "train.compile=none"]),
                     compiled)  # fmt: skip
     assert resumed["nelbo"] < fast["nelbo"] + 5.0  # trains on from the compiled run's state
+    assert load_checkpoint(compiled / "checkpoints" / "last.pt")["position"]["step"] == 12  # resumed, not restarted
 
 
 def test_an_unknown_compile_mode_is_refused(tiny_config_path):
