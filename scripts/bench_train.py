@@ -126,7 +126,7 @@ def build(config: Config):
 def time_steps(config: Config, steps: int, probe_rounds: int = 3) -> dict:
     """Warm up for 10 steps, time `steps` more of the trainer's own step, probe the matmul rate around them."""
     data, vocab, device, trainer = build(config)
-    plan = data.plan(0, config.train.batch_size, config.train.max_tokens, config.train.seed)
+    plan = list(data.plan(0, config.train.batch_size, config.train.max_tokens, config.train.seed))
     plan = (plan * (1 + (10 + steps) // max(1, len(plan))))[: 10 + steps]
     mean_sentences = sum(len(p) for p in plan) / len(plan)
     mean_tokens = sum(sum(data.lengths[i] - 1 for i in p) for p in plan) / len(plan)

@@ -1,5 +1,5 @@
 """The training step's fast paths compute what the plain PyTorch ones do: the fused output layer +
-cross-entropy (`LinearNLL`), the unpacked LSTM encoder and the 16-bit dropout mask.
+cross-entropy (`LinearNLL`), the unpacked LSTM encoder, the bf16 LSTM's padded batch and the 16-bit dropout mask.
 
 Exactness is checked in fp64 (fp32 inside the log-softmax: 1e-6 relative); under bf16 autocast the fused path is
 compared with PyTorch's own autocast path at bf16's resolution (values 1e-2 nats, gradients 2% of their scale).
@@ -15,6 +15,7 @@ from textvae.core.dropout import dropout, keep_mask
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.models import build_text_model
+from textvae.models.lstm_lm import run_recurrent
 from textvae.models.sequence import linear_nll
 
 from conftest import make_sentences
@@ -102,6 +103,31 @@ def test_unpacked_encoder_reads_each_sentence_to_its_own_end(split, layers):
     expected_mu, expected_logvar = model.to_posterior(h_n[-1])
     torch.testing.assert_close(mu, expected_mu, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(logvar, expected_logvar, rtol=1e-6, atol=1e-7)
+
+
+def test_a_bf16_lstm_runs_a_padded_batch_and_returns_the_plain_calls_result():
+    torch.manual_seed(5)
+    lstm = nn.LSTM(6, 10, num_layers=2, batch_first=True)
+    seen = []
+    lstm.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    inputs = torch.randn(37, 4, 6)
+    state = (torch.randn(2, 37, 10), torch.randn(2, 37, 10))
+    results = []
+    for call in (run_recurrent, lambda rnn, x, s: rnn(x, s)):
+        x, s = inputs.clone().requires_grad_(), tuple(part.clone().requires_grad_() for part in state)
+        lstm.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs, (h, c) = call(lstm, x, s)
+        (outputs.float().square().sum() + h.float().sum() + 2 * c.float().sum()).backward()
+        results.append([outputs.float(), h.float(), c.float(), x.grad, s[0].grad, s[1].grad, lstm.weight_hh_l1.grad])
+    assert seen == [48, 37]  # padded up to a multiple of 16, then the plain call
+    for padded, plain in zip(*results):
+        assert padded.shape == plain.shape
+        torch.testing.assert_close(padded, plain, rtol=2e-2, atol=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # too small a batch to pad; fp32 never is
+        run_recurrent(lstm, inputs[:20])
+    run_recurrent(lstm, inputs)
+    assert seen[2:] == [20, 37]
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])

@@ -8,6 +8,7 @@ LSTM takes c0 = W z and h0 = tanh(c0); tanh keeps h0 in (-1, 1), where a GRU's s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textvae.config import ModelConfig
@@ -17,6 +18,27 @@ from textvae.models.sequence import DecoderLM, repeat_for_samples, sequence_log_
 
 CELLS = {"lstm": (nn.LSTM, 4), "gru": (nn.GRU, 3)}  # model.rnn -> the torch module and its number of gates
 State = tuple[Tensor, Tensor] | Tensor  # an LSTM's (h, c) or a GRU's h, each [layers, N, H]
+# oneDNN's bf16 LSTM on a CPU runs batches of a multiple of 16 rows at 750-900 GFLOP/s and many others at
+# 240-600 (193 rows: 3.6x slower than 192; docs/performance.md): such batches are padded up to the multiple.
+BATCH_MULTIPLE = 16
+
+
+def run_recurrent(rnn: nn.RNNBase, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    """rnn(inputs, state) for batch-first inputs [N, T, E]. A bf16 LSTM on a CPU gets its batch padded with zero
+    rows up to a multiple of BATCH_MULTIPLE (N >= 32); the rows are independent, and the padding is cut from
+    the outputs and the final state, so the result is the plain call's."""
+    rows = inputs.shape[0]
+    pad = -rows % BATCH_MULTIPLE
+    bf16 = inputs.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    if not (pad and bf16 and rows >= 2 * BATCH_MULTIPLE and inputs.device.type == "cpu" and isinstance(rnn, nn.LSTM)):
+        return rnn(inputs, state)
+    inputs = F.pad(inputs, (0, 0, 0, 0, 0, pad))
+    if state is not None:
+        state = tuple(F.pad(part, (0, 0, 0, pad)) for part in state)
+    outputs, (h, c) = rnn(inputs, state)
+    return outputs[:rows], (h[:, :rows], c[:, :rows])
 
 
 def rnn_flops_per_token(inputs: int, hidden: int, layers: int, cell: str = "lstm") -> float:
@@ -32,13 +54,13 @@ Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
 def rnn_gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float, latent: int,
                     stacks: int) -> list[tuple[Shape, float]]:  # fmt: skip
     """The main GEMMs of a training step of `stacks` recurrent stacks (decoder, encoder), each with its forward FLOPs
-    per token: the recurrence, the input projection, the output layer (in 1,024-row blocks)."""
+    per token: the recurrence, the input projection, the output layer (in 256-row blocks)."""
     hidden, inputs, rows = config.hidden_size, config.embedding_dim + latent, max(1, round(tokens))
     gates = CELLS[config.rnn][1]
     return [
         ((max(1, round(sentences)), hidden, gates * hidden), stacks * 2 * hidden * gates * hidden),
         ((rows, inputs, gates * hidden), stacks * 2 * inputs * gates * hidden),
-        ((min(rows, 1024), hidden, vocab), 2 * hidden * vocab),
+        ((min(rows, 256), hidden, vocab), 2 * hidden * vocab),
     ]
 
 
@@ -80,7 +102,7 @@ class LSTMDecoder(nn.Module):
             emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1).to(emb.dtype)], dim=-1)
         if state is None:
             state = self.initial_state(z, inputs.shape[0], inputs.device)
-        return self.recurrent(emb, state)
+        return run_recurrent(self.recurrent, emb, state)
 
     def log_likelihood(self, tokens: Tensor, z: Tensor | None) -> Tensor:
         """log p(x|z) summed over tokens (<eos> included). tokens: [B, T], z: [B, K, D] or None -> [B, K]."""

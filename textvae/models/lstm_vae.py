@@ -10,7 +10,7 @@ from textvae.config import ModelConfig
 from textvae.core.dropout import Dropout
 from textvae.core.latent import LatentModel
 from textvae.core.posterior import PosteriorHead
-from textvae.models.lstm_lm import CELLS, LSTMDecoder, Shape, rnn_flops_per_token, rnn_gemm_shapes
+from textvae.models.lstm_lm import CELLS, LSTMDecoder, Shape, rnn_flops_per_token, rnn_gemm_shapes, run_recurrent
 
 
 class LSTMVAE(LatentModel):
@@ -43,7 +43,7 @@ class LSTMVAE(LatentModel):
         else:
             # Unpacked, so that oneDNN's fused LSTM runs (a packed sequence takes a per-step path, 3x slower at
             # 1024 units); the state after a sentence's <eos> does not depend on the padding after it.
-            outputs, _ = self.encoder(embedded)  # [B, T, H]
+            outputs, _ = run_recurrent(self.encoder, embedded)  # [B, T, H]
             last = (batch.lengths - 2).to(outputs.device)  # position of <eos> among w_1 .. w_n <eos>
             summary = outputs[torch.arange(outputs.shape[0], device=outputs.device), last]
         return self.to_posterior(summary)

@@ -64,7 +64,7 @@ def target_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = 2
     return out
 
 
-def linear_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = 1024) -> Tensor:
+def linear_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = 256) -> Tensor:
     """-log softmax(output(hidden))[target] per row, in fp32, differentiable: [M, H], [M] -> [M].
 
     The output layer and the cross-entropy as one autograd step (`LinearNLL`), in the autocast dtype if any.
