@@ -7,7 +7,8 @@ of this machine's matmul rate it reaches.
 The model is the run's trained one with --run, else freshly initialized (throughput does not depend on the
 weights). Sentences are the first --sentences of the test split in evaluation order. Achieved GFLOP/s
 counts the matmul FLOPs of the forward passes (the encoder once per sentence, the decoder and output
-projection once per sample); the matmul rate is measured in the same run, precision and thread count.
+projection once per sample); the matmul rate (2048², the best of three rounds of
+repeats before and three after the evaluation) is measured in the same run, precision and thread count.
 `peak_mem_mb` is the growth of the process's peak resident memory during the evaluation (CPU) or the
 peak allocated memory (CUDA): with the sample chunk bounded by --token-budget it must not grow with K.
 """
@@ -26,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_train import matmul_gflops  # noqa: E402
+from bench_train import MatmulProbe, _cpu_name  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
 from textvae import registry  # noqa: E402
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     sentences = corpus.splits["test"][: args.sentences or None]
     data = TextSplit(sentences, tokenizer, config.data.max_length)
     batches = [data.collate(b) for b in data.ordered(config.train.eval_batch_size)]
+    probe = MatmulProbe(args.precision, device, [])  # the best of repeats before and after (the rate drifts)
+    probe.measure()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -89,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     samples = args.iw_samples if model.latent_dim else 1
     flops = eval_flops(config, len(tokenizer), metrics["tokens"], metrics["sentences"], samples)
     achieved = flops / elapsed / 1e9
-    rate = matmul_gflops(args.precision, device)
+    probe.measure()
+    rate = probe.square
     result = {
         "config": args.config,
+        "cpu": _cpu_name(),
         "precision": args.precision,
         "threads": torch.get_num_threads(),
         "device": str(device),

@@ -31,11 +31,11 @@ def block_flops_per_token(config: ModelConfig, length: float) -> float:
 
 def stack_gemm_shapes(config: ModelConfig, vocab: int, tokens: float, stacks: int) -> list[tuple[Shape, float]]:
     """The main GEMMs of a training step of `stacks` stacks of blocks (decoder, encoder), each with its forward
-    FLOPs per token: qkv and the output projection, the MLP, the output layer (in 1,024-row blocks)."""
+    FLOPs per token: qkv and the output projection, the MLP, the output layer (in 256-row blocks)."""
     width, rows, blocks = config.embedding_dim, max(1, round(tokens)), config.num_layers * stacks
     return [((rows, width, 3 * width), blocks * 2 * width * 4 * width),
             ((rows, width, config.hidden_size), blocks * 2 * 2 * width * config.hidden_size),
-            ((min(rows, 1024), width, vocab), 2 * width * vocab)]  # fmt: skip
+            ((min(rows, 256), width, vocab), 2 * width * vocab)]  # fmt: skip
 
 
 class SelfAttention(nn.Module):
