@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_train import MatmulProbe, _cpu_name  # noqa: E402
+from bench_train import MatmulProbe, cpu_name  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
 from textvae import registry  # noqa: E402
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = probe.square
     result = {
         "config": args.config,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "precision": args.precision,
         "threads": torch.get_num_threads(),
         "device": str(device),

@@ -233,7 +233,7 @@ def main() -> None:
     if args.to_quality is not None:
         result = to_quality(args, args.to_quality)
     else:
-        result = {"config": args.config, "cpu": _cpu_name(), **time_steps(config, args.steps)}
+        result = {"config": args.config, "cpu": cpu_name(), **time_steps(config, args.steps)}
         if args.reference:
             reference = reference_tokens_per_s(config, round(result["sentences_per_batch"]), args.reference_script)
             result["reference_tokens_per_s"] = round(reference, 1)
@@ -246,7 +246,7 @@ def main() -> None:
     sys.stdout.flush()
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU's model name and whether it has AMX / AVX512-BF16 (bf16 matmul rates differ 5x between them)."""
     try:
         info = Path("/proc/cpuinfo").read_text()

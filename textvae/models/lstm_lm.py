@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from textvae.config import ModelConfig
 from textvae.core.dropout import Dropout
 from textvae.core.word_dropout import WordDropout
-from textvae.models.sequence import DecoderLM, repeat_for_samples, sequence_log_prob
+from textvae.models.sequence import BLOCK_ROWS, DecoderLM, repeat_for_samples, sequence_log_prob
 
 CELLS = {"lstm": (nn.LSTM, 4), "gru": (nn.GRU, 3)}  # model.rnn -> the torch module and its number of gates
 State = tuple[Tensor, Tensor] | Tensor  # an LSTM's (h, c) or a GRU's h, each [layers, N, H]
@@ -54,13 +54,13 @@ Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
 def rnn_gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float, latent: int,
                     stacks: int) -> list[tuple[Shape, float]]:  # fmt: skip
     """The main GEMMs of a training step of `stacks` recurrent stacks (decoder, encoder), each with its forward FLOPs
-    per token: the recurrence, the input projection, the output layer (in 256-row blocks)."""
+    per token: the recurrence, the input projection, the output layer (in BLOCK_ROWS-row blocks)."""
     hidden, inputs, rows = config.hidden_size, config.embedding_dim + latent, max(1, round(tokens))
     gates = CELLS[config.rnn][1]
     return [
         ((max(1, round(sentences)), hidden, gates * hidden), stacks * 2 * hidden * gates * hidden),
         ((rows, inputs, gates * hidden), stacks * 2 * inputs * gates * hidden),
-        ((min(rows, 256), hidden, vocab), 2 * hidden * vocab),
+        ((min(rows, BLOCK_ROWS), hidden, vocab), 2 * hidden * vocab),
     ]
 
 

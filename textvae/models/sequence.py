@@ -33,6 +33,9 @@ def sequence_log_prob(hidden: Tensor, targets: Tensor, output: nn.Linear, pad_id
     return -nll.sum(1)
 
 
+BLOCK_ROWS = 256  # rows of the output layer per block on a CPU: its fp32 log-softmax stays near the cores
+
+
 def _block_rows(rows: int, total: int, device_type: str) -> int:
     """Rows per block: `rows` on CPU (each block stays in cache), all of them on a GPU (fewer launches)."""
     return rows if device_type == "cpu" else max(1, total)
@@ -43,7 +46,7 @@ def _block_nll(logits: Tensor, targets: Tensor) -> Tensor:
     return -torch.log_softmax(logits, -1, dtype=torch.float32).gather(1, targets[:, None])[:, 0]
 
 
-def target_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = 256) -> Tensor:
+def target_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = BLOCK_ROWS) -> Tensor:
     """-log softmax(output(hidden))[target] per row, in fp32: [M, H], [M] -> [M]. Forward only.
 
     The logits themselves are made block by block (no [M, V] tensor at all), and under autocast the weight is
@@ -64,7 +67,7 @@ def target_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = 2
     return out
 
 
-def linear_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = 256) -> Tensor:
+def linear_nll(hidden: Tensor, targets: Tensor, output: nn.Linear, rows: int = BLOCK_ROWS) -> Tensor:
     """-log softmax(output(hidden))[target] per row, in fp32, differentiable: [M, H], [M] -> [M].
 
     The output layer and the cross-entropy as one autograd step (`LinearNLL`), in the autocast dtype if any.

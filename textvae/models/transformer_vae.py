@@ -16,7 +16,7 @@ from textvae.config import ModelConfig
 from textvae.core.latent import LatentModel
 from textvae.core.posterior import PosteriorHead
 from textvae.core.word_dropout import WordDropout
-from textvae.models.sequence import DecoderLM, repeat_for_samples, sequence_log_prob
+from textvae.models.sequence import BLOCK_ROWS, DecoderLM, repeat_for_samples, sequence_log_prob
 
 Cache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [N, heads, t, head_dim]
 Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
@@ -31,11 +31,11 @@ def block_flops_per_token(config: ModelConfig, length: float) -> float:
 
 def stack_gemm_shapes(config: ModelConfig, vocab: int, tokens: float, stacks: int) -> list[tuple[Shape, float]]:
     """The main GEMMs of a training step of `stacks` stacks of blocks (decoder, encoder), each with its forward
-    FLOPs per token: qkv and the output projection, the MLP, the output layer (in 256-row blocks)."""
+    FLOPs per token: qkv and the output projection, the MLP, the output layer (in BLOCK_ROWS-row blocks)."""
     width, rows, blocks = config.embedding_dim, max(1, round(tokens)), config.num_layers * stacks
     return [((rows, width, 3 * width), blocks * 2 * width * 4 * width),
             ((rows, width, config.hidden_size), blocks * 2 * 2 * width * config.hidden_size),
-            ((min(rows, 256), width, vocab), 2 * width * vocab)]  # fmt: skip
+            ((min(rows, BLOCK_ROWS), width, vocab), 2 * width * vocab)]  # fmt: skip
 
 
 class SelfAttention(nn.Module):
