@@ -1,5 +1,6 @@
 """The training step's fast paths compute what the plain PyTorch ones do: the fused output layer +
-cross-entropy (`LinearNLL`), the unpacked LSTM encoder, the bf16 LSTM's padded batch and the 16-bit dropout mask.
+cross-entropy (`LinearNLL`), the unpacked LSTM encoder, the bf16 LSTM's padded batch and hidden units, and the
+16-bit dropout mask.
 
 Exactness is checked in fp64 (fp32 inside the log-softmax: 1e-6 relative); under bf16 autocast the fused path is
 compared with PyTorch's own autocast path at bf16's resolution (values 1e-2 nats, gradients 2% of their scale).
@@ -15,7 +16,7 @@ from textvae.core.dropout import dropout, keep_mask
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.models import build_text_model
-from textvae.models.lstm_lm import run_recurrent
+from textvae.models.lstm_lm import padded_lstm, run_recurrent
 from textvae.models.sequence import linear_nll
 
 from conftest import make_sentences
@@ -128,6 +129,42 @@ def test_a_bf16_lstm_runs_a_padded_batch_and_returns_the_plain_calls_result():
         run_recurrent(lstm, inputs[:20])
     run_recurrent(lstm, inputs)
     assert seen[2:] == [20, 37]
+
+
+def test_an_lstm_with_zero_extra_units_is_the_lstm():
+    torch.manual_seed(6)
+    lstm = nn.LSTM(6, 10, num_layers=2, batch_first=True).double()
+    inputs = torch.randn(5, 4, 6, dtype=torch.float64)
+    state = (torch.randn(2, 5, 10, dtype=torch.float64), torch.randn(2, 5, 10, dtype=torch.float64))
+    results = []
+    for call in (lambda x, s: padded_lstm(lstm, x, s, 16), lambda x, s: lstm(x, s)):
+        x, s = inputs.clone().requires_grad_(), tuple(part.clone().requires_grad_() for part in state)
+        lstm.zero_grad()
+        outputs, (h, c) = call(x, s)
+        (outputs.square().sum() + h.sum() + 2 * c.sum()).backward()
+        results.append([outputs, h, c, x.grad, s[0].grad, s[1].grad, *(p.grad.clone() for p in lstm.parameters())])
+    for padded, plain in zip(*results, strict=True):
+        assert padded.shape == plain.shape
+        torch.testing.assert_close(padded, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_bf16_lstm_gradients_at_the_paper_size_agree_with_fp64():
+    # oneDNN's bf16 LSTM at 1024 units returns input gradients at cosine 0.03 to these on AMX CPUs (torch 2.13)
+    torch.manual_seed(7)
+    lstm = nn.LSTM(32, 1024, batch_first=True)
+    inputs, cell = torch.randn(37, 5, 32), torch.randn(1, 37, 1024)
+    grads = []
+    for bf16 in (False, True):
+        model = lstm.float() if bf16 else lstm.double()
+        x = inputs.clone().to(torch.float32 if bf16 else torch.float64).requires_grad_()
+        c0 = cell.clone().to(x.dtype).requires_grad_()
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs, (h, c) = run_recurrent(model, x, (torch.tanh(c0), c0))
+        (outputs.double().sum() + c.double().sum()).backward()
+        grads.append([x.grad, c0.grad, model.weight_hh_l0.grad.clone(), model.weight_ih_l0.grad.clone()])
+    for name, exact, bf16 in zip(("inputs", "initial cell", "weight_hh", "weight_ih"), *grads, strict=True):
+        assert F.cosine_similarity(exact.flatten(), bf16.double().flatten(), dim=0) > 0.999, name
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])

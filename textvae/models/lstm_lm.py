@@ -7,6 +7,9 @@ LSTM takes c0 = W z and h0 = tanh(c0); tanh keeps h0 in (-1, 1), where a GRU's s
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,29 +19,107 @@ from textvae.core.dropout import Dropout
 from textvae.core.word_dropout import WordDropout
 from textvae.models.sequence import BLOCK_ROWS, DecoderLM, repeat_for_samples, sequence_log_prob
 
+log = logging.getLogger(__name__)
+
 CELLS = {"lstm": (nn.LSTM, 4), "gru": (nn.GRU, 3)}  # model.rnn -> the torch module and its number of gates
 State = tuple[Tensor, Tensor] | Tensor  # an LSTM's (h, c) or a GRU's h, each [layers, N, H]
 # oneDNN's bf16 LSTM on a CPU runs batches of a multiple of 16 rows at 750-900 GFLOP/s and many others at
 # 240-600 (193 rows: 3.6x slower than 192; docs/performance.md): such batches are padded up to the multiple.
 BATCH_MULTIPLE = 16
+# oneDNN's bf16 LSTM backward (torch 2.13, AMX CPU) returns wrong gradients for the inputs and the initial state at
+# some hidden sizes, 1024 among them (cosine 0.03 to the fp64 input gradient; 960, 1040 and 1072 are right), while
+# its forward is right. An LSTM with extra hidden units whose weights are zero computes the same outputs, so a
+# training LSTM whose own size fails a check (once per shape) runs with the first of these paddings that passes.
+HIDDEN_PADDINGS = (16, 48, 80, 112)
+GRADIENT_CHECK_COSINE = 0.99
+
+
+def _bf16_cpu_lstm(rnn: nn.RNNBase, inputs: Tensor) -> bool:
+    bf16 = inputs.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    return bf16 and inputs.device.type == "cpu" and isinstance(rnn, nn.LSTM) and not rnn.bidirectional
 
 
 def run_recurrent(rnn: nn.RNNBase, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
     """rnn(inputs, state) for batch-first inputs [N, T, E]. A bf16 LSTM on a CPU gets its batch padded with zero
-    rows up to a multiple of BATCH_MULTIPLE (N >= 32); the rows are independent, and the padding is cut from
-    the outputs and the final state, so the result is the plain call's."""
-    rows = inputs.shape[0]
-    pad = -rows % BATCH_MULTIPLE
-    bf16 = inputs.dtype == torch.bfloat16 or (
-        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
-    if not (pad and bf16 and rows >= 2 * BATCH_MULTIPLE and inputs.device.type == "cpu" and isinstance(rnn, nn.LSTM)):
+    rows up to a multiple of BATCH_MULTIPLE (N >= 32), and, when it is trained at a hidden size whose oneDNN
+    gradients are wrong, extra zero hidden units (see padded_lstm); the padding is cut from the outputs and the
+    final state, so the result is the plain call's."""
+    if not _bf16_cpu_lstm(rnn, inputs):
         return rnn(inputs, state)
-    inputs = F.pad(inputs, (0, 0, 0, 0, 0, pad))
-    if state is not None:
-        state = tuple(F.pad(part, (0, 0, 0, pad)) for part in state)
-    outputs, (h, c) = rnn(inputs, state)
+    rows = inputs.shape[0]
+    pad = -rows % BATCH_MULTIPLE if rows >= 2 * BATCH_MULTIPLE else 0
+    extra = bf16_hidden_padding(rnn.input_size, rnn.hidden_size, rnn.num_layers) if torch.is_grad_enabled() else 0
+    if not (pad or extra):
+        return rnn(inputs, state)
+    if pad:
+        inputs = F.pad(inputs, (0, 0, 0, 0, 0, pad))
+        if state is not None:
+            state = tuple(F.pad(part, (0, 0, 0, pad)) for part in state)
+    outputs, (h, c) = padded_lstm(rnn, inputs, state, extra) if extra else rnn(inputs, state)
     return outputs[:rows], (h[:, :rows], c[:, :rows])
+
+
+def padded_lstm(rnn: nn.LSTM, inputs: Tensor, state: State | None, extra: int) -> tuple[Tensor, State]:
+    """rnn(inputs, state) (batch-first, unidirectional) computed by an LSTM of hidden_size + extra units whose extra
+    units have zero weights and biases: their gates are 1/2 and their cell input tanh(0) = 0, so their state stays
+    0 and adds nothing to the real units. The gradients reach rnn's own parameters through the padding."""
+    size, layers = rnn.hidden_size, rnn.num_layers
+
+    def gate_rows(weight: Tensor) -> Tensor:  # [4H, ...] -> [4(H + extra), ...]: zero rows after each gate's block
+        blocks = weight.view(4, size, -1)
+        return F.pad(blocks, (0, 0, 0, extra)).view(4 * (size + extra), *weight.shape[1:])
+
+    weights = []
+    for layer in range(layers):
+        w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+        w_ih = gate_rows(w_ih) if layer == 0 else F.pad(gate_rows(w_ih), (0, extra))
+        weights += [w_ih, F.pad(gate_rows(w_hh), (0, extra))]
+        if rnn.bias:
+            weights += [gate_rows(getattr(rnn, f"bias_{kind}_l{layer}")) for kind in ("ih", "hh")]
+    if state is None:
+        zeros = inputs.new_zeros(layers, inputs.shape[0], size + extra)
+        state = (zeros, zeros)
+    else:
+        state = tuple(F.pad(part, (0, extra)) for part in state)
+    outputs, h, c = torch.lstm(inputs, state, weights, rnn.bias, layers, rnn.dropout, rnn.training, False, True)
+    return outputs[..., :size], (h[..., :size], c[..., :size])
+
+
+@functools.cache
+def bf16_hidden_padding(input_size: int, hidden_size: int, layers: int) -> int:
+    """0 where oneDNN's bf16 LSTM of these sizes gives right gradients on this machine, else the first of
+    HIDDEN_PADDINGS with which it does (checked on a small random problem against fp32, once per shape)."""
+    for extra in (0, *HIDDEN_PADDINGS):
+        if _gradients_agree(input_size, hidden_size, layers, extra):
+            if extra:
+                log.info("oneDNN's bf16 LSTM gives wrong gradients at hidden size %d: training it with %d extra "
+                         "zero units", hidden_size, extra)  # fmt: skip
+            return extra
+    raise RuntimeError(f"oneDNN's bf16 LSTM gives wrong gradients at hidden size {hidden_size} with every padding "
+                       f"tried {HIDDEN_PADDINGS}: train this model with train.precision fp32")  # fmt: skip
+
+
+def _gradients_agree(input_size: int, hidden_size: int, layers: int, extra: int) -> bool:
+    """Whether the bf16 LSTM (padded by `extra` units) gives the fp32 gradients of its inputs and initial state."""
+    generator = torch.Generator().manual_seed(0)
+    rnn = nn.LSTM(input_size, hidden_size, layers, batch_first=True)
+    with torch.no_grad():
+        for parameter in rnn.parameters():
+            parameter.uniform_(-(hidden_size**-0.5), hidden_size**-0.5, generator=generator)
+    inputs = torch.randn(BATCH_MULTIPLE, 4, input_size, generator=generator)
+    cell = torch.randn(layers, BATCH_MULTIPLE, hidden_size, generator=generator)
+    weights = torch.randn(BATCH_MULTIPLE, 4, hidden_size, generator=generator)
+    grads = []
+    for bf16 in (False, True):
+        x, c0 = inputs.clone().requires_grad_(), cell.clone().requires_grad_()
+        with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            state = (torch.tanh(c0), c0)
+            outputs, _ = padded_lstm(rnn, x, state, extra) if extra else rnn(x, state)
+            (outputs.float() * weights).sum().backward()
+        grads.append(torch.cat([x.grad.flatten(), c0.grad.flatten()]))
+    return F.cosine_similarity(grads[0], grads[1], dim=0).item() >= GRADIENT_CHECK_COSINE
 
 
 def rnn_flops_per_token(inputs: int, hidden: int, layers: int, cell: str = "lstm") -> float:
