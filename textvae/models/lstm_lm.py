@@ -87,6 +87,7 @@ def padded_lstm(rnn: nn.LSTM, inputs: Tensor, state: State | None, extra: int) -
     return outputs[..., :size], (h[..., :size], c[..., :size])
 
 
+@torch.compiler.disable  # a check with its own backward pass, run eagerly once
 @functools.cache
 def bf16_hidden_padding(input_size: int, hidden_size: int, layers: int) -> int:
     """0 where oneDNN's bf16 LSTM of these sizes gives right gradients on this machine, else the first of
