@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from textvae.config import ModelConfig
 from textvae.core.dropout import Dropout
 from textvae.core.word_dropout import WordDropout
+from textvae.errors import UserError
 from textvae.models.sequence import BLOCK_ROWS, DecoderLM, repeat_for_samples, sequence_log_prob
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def bf16_hidden_padding(input_size: int, hidden_size: int, layers: int) -> int:
                 log.info("oneDNN's bf16 LSTM gives wrong gradients at hidden size %d: training it with %d extra "
                          "zero units", hidden_size, extra)  # fmt: skip
             return extra
-    raise RuntimeError(f"oneDNN's bf16 LSTM gives wrong gradients at hidden size {hidden_size} with every padding "
+    raise UserError(f"oneDNN's bf16 LSTM gives wrong gradients at hidden size {hidden_size} with every padding "
                        f"tried {HIDDEN_PADDINGS}: train this model with train.precision fp32")  # fmt: skip
 
 
