@@ -16,7 +16,7 @@ from textvae.core.dropout import dropout, keep_mask
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.models import build_text_model
-from textvae.models.lstm_lm import padded_lstm, run_recurrent
+from textvae.models.lstm_lm import _gradients_agree, padded_lstm, run_recurrent
 from textvae.models.sequence import linear_nll
 
 from conftest import make_sentences
@@ -146,6 +146,15 @@ def test_an_lstm_with_zero_extra_units_is_the_lstm():
     for padded, plain in zip(*results, strict=True):
         assert padded.shape == plain.shape
         torch.testing.assert_close(padded, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_the_bf16_lstm_check_leaves_the_random_stream_alone():
+    # it runs at a run's first training step, also after a resume: it must not move the restored stream
+    torch.manual_seed(8)
+    expected = torch.rand(4)
+    torch.manual_seed(8)
+    _gradients_agree(24, 40, 1, 16)
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
 
 
 def test_bf16_lstm_gradients_at_the_paper_size_agree_with_fp64():

@@ -106,7 +106,8 @@ def bf16_hidden_padding(input_size: int, hidden_size: int, layers: int) -> int:
 def _gradients_agree(input_size: int, hidden_size: int, layers: int, extra: int) -> bool:
     """Whether the bf16 LSTM (padded by `extra` units) gives the fp32 gradients of its inputs and initial state."""
     generator = torch.Generator().manual_seed(0)
-    rnn = nn.LSTM(input_size, hidden_size, layers, batch_first=True)
+    with torch.random.fork_rng(devices=[]):  # the module's own init must not move a run's random stream
+        rnn = nn.LSTM(input_size, hidden_size, layers, batch_first=True)
     with torch.no_grad():
         for parameter in rnn.parameters():
             parameter.uniform_(-(hidden_size**-0.5), hidden_size**-0.5, generator=generator)
