@@ -34,7 +34,7 @@ def _fp32_recurrent(original):
     return run
 
 
-def _fp32_output_layer(hidden, targets, output, rows=256):
+def _fp32_output_layer(hidden, targets, output, rows=seq.BLOCK_ROWS):
     with torch.autocast(hidden.device.type, enabled=False):
         return seq.LinearNLL.apply(hidden.float(), output.weight, output.bias, targets, torch.float32, rows)
 
