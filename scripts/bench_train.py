@@ -154,11 +154,11 @@ def time_steps(config: Config, steps: int, probe_rounds: int = 3) -> dict:
         "steps": steps,
         "sentences_per_batch": round(sentences / steps, 1),
         "tokens_per_s": round(tokens / elapsed, 1),
-        "achieved_gflops": round(achieved, 2),
+        "achieved_gflops": float(f"{achieved:.4g}"),  # 4 significant digits: a tiny model is not 0
         "matmul_gflops": round(probe.square, 2),
-        "ratio": round(achieved / probe.square, 4),
+        "ratio": float(f"{achieved / probe.square:.4g}"),
         "step_shapes_gflops": round(probe.step_rate(), 2),
-        "ratio_step_shapes": round(achieved / probe.step_rate(), 4),
+        "ratio_step_shapes": float(f"{achieved / probe.step_rate():.4g}"),
         "peak_mem_mb": round(memory, 1),
     }
 
