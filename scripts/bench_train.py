@@ -32,7 +32,7 @@ import torch
 from textvae import config as config_lib
 from textvae import registry
 from textvae.config import Config
-from textvae.core.device import resolve_device
+from textvae.core.device import cpu_bf16_units, resolve_device, resolve_precision
 from textvae.core.trainer import Trainer
 from textvae.data.batching import TextSplit
 from textvae.data.corpus import data_dir, load_corpus
@@ -130,7 +130,8 @@ def time_steps(config: Config, steps: int, probe_rounds: int = 3) -> dict:
     plan = (plan * (1 + (10 + steps) // max(1, len(plan))))[: 10 + steps]
     mean_sentences = sum(len(p) for p in plan) / len(plan)
     mean_tokens = sum(sum(data.lengths[i] - 1 for i in p) for p in plan) / len(plan)
-    probe = MatmulProbe(config.train.precision, device, step_shapes(config, vocab, mean_sentences, mean_tokens))
+    precision = resolve_precision(config.train.precision, device)  # the probe measures the rate the step runs at
+    probe = MatmulProbe(precision, device, step_shapes(config, vocab, mean_sentences, mean_tokens))
     probe.measure(probe_rounds)
     tokens = sentences = 0
     for i, indices in enumerate(plan):
@@ -148,7 +149,7 @@ def time_steps(config: Config, steps: int, probe_rounds: int = 3) -> dict:
     probe.measure(probe_rounds)
     achieved = step_flops(config, vocab, tokens, sentences) / elapsed / 1e9
     return {
-        "precision": config.train.precision,
+        "precision": precision,
         "threads": torch.get_num_threads(),
         "device": str(device),
         "steps": steps,
@@ -253,8 +254,7 @@ def cpu_name() -> str:
     except OSError:
         return "unknown"
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = [flag for flag in ("amx_bf16", "avx512_bf16") if f" {flag}" in info]
-    return f"{name} ({', '.join(flags) or 'no bf16 matmul units'})"
+    return f"{name} ({', '.join(cpu_bf16_units()) or 'no bf16 matmul units'})"
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the table (default: results/SUITE.md; the plot next to it)")
     parser.add_argument("--steps", type=int, help="the step budget of every run (default: the suite's)")
     parser.add_argument("--iw-samples", type=int, help="importance samples on test (default: the suite's)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="of the evaluation")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="of the evaluation")
     parser.add_argument("--eval-examples", type=int, help="test examples to evaluate, spread evenly over the "
                         "split (default: the suite's; 0: all)")  # fmt: skip
     parser.add_argument("--only", default="", help="comma-separated run names (default: the whole suite)")

@@ -96,3 +96,32 @@ def test_generation_uses_the_cache_for_every_strategy(split):
                      for i in range(4)]  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     assert len(decode(decoder, z, 2, 3, Decoding(strategy="sample", top_p=0.9), generator=generator)) == 4
+
+
+@pytest.mark.parametrize("name", ["transformer_lm", "transformer_vae"])
+def test_an_untrained_transformer_predicts_near_the_uniform_guess(name):
+    """GPT-2's initialization: at the PTB config's sizes (width 256, tied output layer) the first loss is within a
+    nat of log V per token (torch's N(0, 1) embeddings gave 176 nats for 9.2)."""
+    torch.manual_seed(0)
+    vocab = 2000
+    sentences = [" ".join(f"w{(7 * i + 3 * j) % vocab}" for j in range(12)) for i in range(8)]
+    split = TextSplit(sentences, WordTokenizer.build(sentences, DataConfig(vocab_size=vocab)), 30)
+    config = ModelConfig(name=name, embedding_dim=256, hidden_size=1024, latent_dim=32, num_layers=2, num_heads=4,
+                         max_positions=64, tie_embeddings=True, z_injection="both")  # fmt: skip
+    model = build_text_model(config, split.tokenizer).eval()
+    batch = split.collate(list(range(8)))
+    z = torch.randn(8, 1, 32) if model.latent_dim else None
+    per_token = -model.log_likelihood(batch, z).sum() / batch.num_tokens
+    assert abs(per_token.item() - torch.log(torch.tensor(float(len(split.tokenizer)))).item()) < 1.0
+
+
+def test_a_decoder_reset_restores_the_transformers_own_initialization(split):
+    from textvae.core.remedies import reset_decoder
+
+    model = _model(split, embedding_dim=64, hidden_size=64)
+    with torch.no_grad():
+        model.decoder.embedding.weight.mul_(50.0)
+    reset_decoder(model)
+    weight = model.decoder.embedding.weight
+    assert abs(weight[4:].std().item() - 0.02) < 0.005  # torch's default would be N(0, 1)
+    assert weight[split.tokenizer.pad_id].abs().max().item() == 0.0

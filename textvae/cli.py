@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
     evaluate.add_argument("--iw-samples", type=int, default=500, help="importance samples for the NLL (default 500)")
-    evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--max-examples", type=int, default=None, metavar="N",
                           help="evaluate N examples spread evenly over the split (default: all of them)")  # fmt: skip

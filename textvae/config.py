@@ -129,7 +129,8 @@ class TrainConfig:
     # is larger (the output's mi_over says so; MI's cost grows as N^2); 0: always the whole split
     data_workers: int = 0  # processes that tokenize a corpus not yet in the encoded cache; 0: one per CPU (<= 8)
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32) | auto: bf16 where the device has bf16
+    # matmul units (AMX or AVX512-BF16 on a CPU, a bf16 GPU), else fp32
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     compile: str = "none"  # none | default | reduce-overhead: torch.compile the training step's forward (opt-in:
     # each new batch shape compiles first; reduce-overhead records CUDA graphs on a GPU; docs/performance.md)

@@ -34,7 +34,7 @@ _CHOICES = {
     ("objective", "free_bits_mode"): ("dim", "vector"),
     ("optim", "name"): ("adam", "sgd"),
     ("train", "device"): ("auto", "cpu", "cuda"),
-    ("train", "precision"): ("fp32", "bf16"),
+    ("train", "precision"): ("fp32", "bf16", "auto"),
     ("train", "compile"): ("none", "default", "reduce-overhead"),
 }
 _POSITIVE = {

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+from pathlib import Path
 
 import torch
 
@@ -22,9 +25,55 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+log = logging.getLogger(__name__)
+
+
+def bf16_units(cpuinfo: str) -> tuple[str, ...]:
+    """The bf16 matmul units (amx_bf16, avx512_bf16) among the flags of a /proc/cpuinfo text."""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return tuple(unit for unit in ("amx_bf16", "avx512_bf16") if unit in flags)
+
+
+@functools.cache
+def cpu_bf16_units() -> tuple[str, ...]:
+    """This CPU's bf16 matmul units; () where there are none or /proc/cpuinfo is missing (not Linux)."""
+    try:
+        return bf16_units(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return ()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run on units made for them: a CUDA device that supports bf16, or a CPU with AMX or
+    AVX512-BF16. Without them oneDNN converts to fp32 and back: on a 2-core Ice Lake (AVX512, no BF16) a 2048^2
+    bf16 matmul ran at 59 GFLOP/s against 222 in fp32, and the default PTB VAE trained 25% slower in bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(cpu_bf16_units())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """train.precision as it runs on `device`: auto is bf16 where the device has bf16 matmul units, else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def report_precision(precision: str, device: torch.device) -> str:
+    """Resolve train.precision once for a run and log what it runs in (a warning for bf16 without bf16 units)."""
+    resolved = resolve_precision(precision, device)
+    if resolved == "bf16" and not native_bf16(device):
+        log.warning("train.precision bf16 on a %s without bf16 matmul units: emulated, slower than fp32 here "
+                    "(train.precision auto picks fp32 on such a machine)", device.type)  # fmt: skip
+    else:
+        log.info("training in %s on %s%s", resolved, device.type, " (train.precision auto)" if precision == "auto" else "")
+    return resolved
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CPU or CUDA when asked for; a no-op context for fp32."""
-    if precision == "bf16":
+    """bf16 autocast on CPU or CUDA when asked for (or by auto, where the device has bf16 units); a no-op context
+    for fp32."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from textvae.config import Config, OptimConfig
 from textvae.core import distributed
-from textvae.core.device import autocast
+from textvae.core.device import autocast, report_precision
 
 STEP_SUMS = ("loss", "rec", "kl", "grad_norm", "bow", "size", "tokens", "signals")  # Stepper.gradients
 
@@ -44,7 +44,8 @@ class Stepper:
 
     def __init__(self, model: nn.Module, objective: nn.Module, config: Config, device: torch.device, world: int):
         self.model, self.objective, self.module = model, objective, objective
-        self.optim, self.precision, self.device, self.world = config.optim, config.train.precision, device, world
+        self.optim, self.device, self.world = config.optim, device, world
+        self.precision = report_precision(config.train.precision, device)
         self.compile = config.train.compile
         self.optimizer = build_optimizer(model, config.optim)
         # optim.lr_decay 1 disables the plateau decay (the trainer does not step it then)

@@ -42,6 +42,8 @@ def reset_decoder(model: LatentModel) -> None:
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
                 count += 1
+        if hasattr(module, "init_weights"):  # a decoder's own initialization over torch's defaults (Transformers)
+            module.init_weights()
     log.info("decoder re-initialized (%d layers)", count)
 
 
