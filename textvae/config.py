@@ -115,6 +115,8 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     max_steps: int = 20000  # optimizer steps in all (a resumed run may raise it)
+    max_minutes: float = 0.0  # also stop (evaluated, checkpointed) after this much wall time of training,
+    # evaluations included, summed over resumed sessions: runs compared at the same time budget; 0 disables
     batch_size: int = 32  # sentences per batch
     max_tokens: int = 0  # also cap padded tokens per batch; 0 disables
     eval_every: int = 1000  # steps

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from time import monotonic
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ class Trainer:
         self.model, self.data, self.evaluate_fn, self.report_text = model, data, evaluate, report_text
         self.report_images, self.config, self.run_dir, self.device = report_images, config, Path(run_dir), device
         self.position = Position()
+        self.seconds = 0.0  # wall time of training so far, evaluations included, summed over resumed sessions
         self.hooks = [*remedy_hooks(model, config), *hooks]
         self._carried: dict[str, Any] = {}  # hook states of the checkpoint that no hook of this run claims
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -85,6 +87,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "position": vars(self.position).copy(),
+            "seconds": self.seconds,
             "hooks": {**self._carried, **{hook.name: hook.state_dict() for hook in self.hooks}},
             "rng": rng_state(),
             "rng_ranks": distributed.gather(rng_state()) if self.world > 1 else [],
@@ -113,6 +116,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         fields = {field.name for field in dataclasses.fields(Position)}
         self.position = Position(**{key: value for key, value in state["position"].items() if key in fields})
+        self.seconds = float(state.get("seconds", 0.0))
         self._carried = dict(state.get("hooks") or {})
         # before issue 21 the remedies' state sat in the position; it is theirs now
         load_hook_states(self.hooks, state.get("hooks") or legacy_hook_states(state["position"]))
@@ -176,6 +180,7 @@ class Trainer:
         self.stepper.distribute()
         logs = TrainingLog(self.run_dir, self.position.step, train.max_steps, self.rank == 0, log)
         metrics, stop, self._window = None, False, TrainWindow()
+        clock = monotonic()
         while self.position.step < train.max_steps and not stop:
             self._plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed)
             if self.world > 1:  # every rank needs a share of each batch
@@ -194,12 +199,15 @@ class Trainer:
                 if step % train.log_every == 0 and self._window.stats:
                     logs.train(self._window, step, self.optimizer.param_groups[0]["lr"])
                 evaluated = step % train.eval_every == 0
-                if evaluated or step == train.max_steps:
+                now = monotonic()
+                self.seconds, clock = self.seconds + now - clock, now
+                out_of_time = 0 < train.max_minutes * 60 <= self.seconds
+                if evaluated or step == train.max_steps or out_of_time:
                     # An extra evaluation at the last step only reports: the LR schedule, best.pt and early
                     # stopping see the eval_every grid alone, so a run extended later matches a longer one.
                     metrics = self.evaluate(logs, scheduled=evaluated)
                     # never during autoencoder pretraining: its nelbo is not the objective being trained
-                    stop = (
+                    stop = out_of_time or (
                         0 < train.early_stopping <= self.position.bad_evals
                         and not self.objective.schedule.pretraining(step)
                     )
@@ -211,7 +219,9 @@ class Trainer:
             if self.position.batch >= len(self._plan):
                 self.position.epoch += 1
                 self.position.batch = 0
-        if stop:
+        if stop and 0 < train.max_minutes * 60 <= self.seconds:
+            log.info("train.max_minutes (%g) reached at step %d", train.max_minutes, self.position.step)
+        elif stop:
             log.info("early stopping at step %d", self.position.step)
         self.save(self.last_path)
         logs.close()
