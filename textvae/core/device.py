@@ -66,7 +66,8 @@ def report_precision(precision: str, device: torch.device) -> str:
         log.warning("train.precision bf16 on a %s without bf16 matmul units: emulated, slower than fp32 here "
                     "(train.precision auto picks fp32 on such a machine)", device.type)  # fmt: skip
     else:
-        log.info("training in %s on %s%s", resolved, device.type, " (train.precision auto)" if precision == "auto" else "")
+        chosen = " (train.precision auto)" if precision == "auto" else ""
+        log.info("training in %s on %s%s", resolved, device.type, chosen)
     return resolved
 
 

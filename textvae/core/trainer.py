@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from time import monotonic
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import Any, Protocol
 
 import torch
