@@ -11,6 +11,8 @@ import torch
 
 from textvae.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for train.device; on CUDA, fp32 matmuls and cuDNN run as TF32 (the loss stays fp32)."""
@@ -23,9 +25,6 @@ def resolve_device(name: str) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
-
-
-log = logging.getLogger(__name__)
 
 
 def bf16_units(cpuinfo: str) -> tuple[str, ...]:
