@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py CONFIG [--set key=value ...] [--steps N] [--reference] [--json]
     python scripts/bench_train.py CONFIG --to-quality NLL [--set ...]     # time to a validation NLL
+    python scripts/bench_train.py --to-quality NLL --from-run RUN          # the same, read off a trained run
 
 Real tokens are predicted tokens (words + <eos>), padding not counted. Achieved GFLOP/s counts the
 model's matmul FLOPs as its class counts them (`flops`: recurrent gates or attention and MLP blocks, output
@@ -14,6 +15,8 @@ step of ../shared/bench/textbook_lstm_vae.py at the same sizes and sentences per
 reports `reference_tokens_per_s` and `speedup`.
 `--to-quality NLL` trains the config from scratch in a temporary run directory (`textvae train`) and prints the
 wall time and steps until the validation NLL (IW-5, nats per sentence) first reaches NLL, and tokens/s.
+With `--from-run RUN` it trains nothing and reads the same figures off RUN's metrics.jsonl (the `seconds` of
+each evaluation: the run's training clock, summed over resumed sessions), e.g. of a reproduction suite's run.
 """
 
 from __future__ import annotations
@@ -204,10 +207,30 @@ def to_quality(args, target: float) -> dict:
     return result
 
 
+def quality_from_run(run_dir: Path, target: float) -> dict:
+    """The first evaluation of a trained run whose validation NLL <= target, from its metrics.jsonl."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise SystemExit(f"bench_train: {run_dir} has no metrics.jsonl (not a run directory, or never evaluated)")
+    result = {"run_dir": str(run_dir), "target_nll": target, "reached": False}
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        result.update(step=record["step"], epoch=record["epoch"], val_nll=record["metrics"]["nll"],
+                      iw_samples=record["metrics"].get("iw_samples"),
+                      wall_s=record.get("seconds"))  # None: logged before runs recorded their clock  # fmt: skip
+        if record["metrics"]["nll"] <= target:
+            result["reached"] = True
+            break
+    result["tokens_per_s"] = _mean_tokens_per_s(run_dir / "tb")
+    return result
+
+
 def _mean_tokens_per_s(tb_dir: Path) -> float | None:
     """The mean of the run's train/tokens_per_s scalars (TensorBoard), None before the first log."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not tb_dir.is_dir():
+        return None
     events = EventAccumulator(str(tb_dir))
     events.Reload()
     if "train/tokens_per_s" not in events.Tags().get("scalars", []):
@@ -218,15 +241,23 @@ def _mean_tokens_per_s(tb_dir: Path) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
+    parser.add_argument("config", nargs="?", help="the config to bench (not with --from-run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--steps", type=int, default=60, help="timed steps (after 10 warm-up steps)")
     parser.add_argument("--reference", action="store_true", help="also time the textbook fp32 LSTM VAE step")
     textbook = Path(__file__).resolve().parents[2] / "shared" / "bench" / "textbook_lstm_vae.py"
     parser.add_argument("--reference-script", type=Path, default=textbook)
     parser.add_argument("--to-quality", type=float, metavar="NLL", help="time to this validation NLL")
+    parser.add_argument("--from-run", type=Path, metavar="RUN", help="with --to-quality: read a trained run's log")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.from_run is not None:
+        if args.to_quality is None or args.config is not None:
+            parser.error("--from-run RUN goes with --to-quality NLL and no CONFIG")
+        _print(quality_from_run(args.from_run, args.to_quality), args.json)
+        return
+    if args.config is None:
+        parser.error("CONFIG is required")
     config = config_lib.load(args.config, args.overrides)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
@@ -239,7 +270,11 @@ def main() -> None:
             reference = reference_tokens_per_s(config, round(result["sentences_per_batch"]), args.reference_script)
             result["reference_tokens_per_s"] = round(reference, 1)
             result["speedup"] = round(result["tokens_per_s"] / reference, 2)
-    if args.json:
+    _print(result, args.json)
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result))
     else:
         for key, value in result.items():

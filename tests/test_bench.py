@@ -24,3 +24,28 @@ def test_bench_train_prints_its_figures(tiny_config_path, corpus_dir):
     for key in ("tokens_per_s", "achieved_gflops", "matmul_gflops", "ratio", "step_shapes_gflops", "peak_mem_mb"):
         assert result[key] > 0, key
     assert result["steps"] == 3 and result["sentences_per_batch"] > 0
+
+
+def _bench_train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts/bench_train.py"), *args], capture_output=True, text=True)
+
+
+def test_time_to_quality_is_read_off_a_runs_log(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    curve = [(200, 1, 12.5, 120.0), (400, 2, 25.0, 101.0), (600, 3, 37.5, 99.5), (800, 5, 50.0, 98.0)]
+    run.joinpath("metrics.jsonl").write_text("".join(
+        json.dumps({"step": step, "epoch": epoch, "seconds": seconds, "split": "valid",
+                    "metrics": {"nll": nll, "iw_samples": 5}}) + "\n"
+        for step, epoch, seconds, nll in curve))  # fmt: skip
+    reached = json.loads(_bench_train("--to-quality", "100", "--from-run", str(run), "--json").stdout)
+    assert reached["reached"] and (reached["step"], reached["epoch"], reached["wall_s"]) == (600, 3, 37.5)
+    assert reached["val_nll"] == 99.5 and reached["iw_samples"] == 5 and reached["tokens_per_s"] is None
+    missed = json.loads(_bench_train("--to-quality", "90", "--from-run", str(run), "--json").stdout)
+    assert not missed["reached"] and (missed["step"], missed["val_nll"]) == (800, 98.0)  # where the run got to
+
+    empty = _bench_train("--to-quality", "100", "--from-run", str(tmp_path))
+    assert empty.returncode != 0 and empty.stderr.strip().splitlines() == [
+        f"bench_train: {tmp_path} has no metrics.jsonl (not a run directory, or never evaluated)"
+    ]
+    assert _bench_train("--from-run", str(run)).returncode == 2  # --from-run needs --to-quality

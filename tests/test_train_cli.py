@@ -34,6 +34,8 @@ def test_resumed_run_reaches_the_same_parameters(tiny_config_path, corpus_dir, t
     assert straight["scheduler"] == resumed["scheduler"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 6, 8, 12]  # the report-only evaluation at the first run's end is kept, nothing doubled
+    seconds = [json.loads(line)["seconds"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    assert 0 < seconds[0] and seconds == sorted(seconds)  # the training clock goes on across the resume
     exp_avg = [s["exp_avg"] for s in straight["optimizer"]["state"].values()]
     exp_avg_resumed = [s["exp_avg"] for s in resumed["optimizer"]["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(exp_avg, exp_avg_resumed))
@@ -54,6 +56,7 @@ def test_cli_trains_and_evaluates_the_tiny_config(tiny_config_path, corpus_dir, 
     assert list((run / "tb").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20]
+    assert 0 < records[0]["seconds"] <= records[1]["seconds"]  # the training clock when each result was known
     assert all(r["split"] == "valid" and "nelbo" in r["metrics"] for r in records)
 
     assert main(["evaluate", str(run), "--iw-samples", "7", "--json"]) == 0

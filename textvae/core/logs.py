@@ -84,9 +84,10 @@ class TrainingLog:
                              duration((self.max_steps - step) * per_step))  # fmt: skip
 
     def evaluation(self, run_dir: Path | None, step: int, epoch: int, metrics: dict[str, Any], lr: float,
-                   texts: dict[str, str], images: dict[str, torch.Tensor]) -> None:  # fmt: skip
+                   texts: dict[str, str], images: dict[str, torch.Tensor], seconds: float = 0.0) -> None:  # fmt: skip
         """val/ scalars (val/loss: the objective, nelbo), the per-dimension KL histogram, the LR, the reports' texts
-        and images in TensorBoard; one line of RUN_DIR/metrics.jsonl (rank 0: `run_dir` given); the summary line."""
+        and images in TensorBoard; one line of RUN_DIR/metrics.jsonl (rank 0: `run_dir` given), with `seconds`, the
+        run's training clock (evaluations included, summed over resumed sessions) when the result was known."""
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(f"val/{key}", value, step)
@@ -99,7 +100,7 @@ class TrainingLog:
         for tag, image in images.items():
             self.writer.add_image(tag, image, step)
         if run_dir is not None:
-            record = {"step": step, "epoch": epoch, "split": "valid", "metrics": metrics}
+            record = {"step": step, "epoch": epoch, "seconds": round(seconds, 1), "split": "valid", "metrics": metrics}
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 

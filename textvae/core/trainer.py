@@ -239,14 +239,15 @@ class Trainer:
     def evaluate(self, logs: TrainingLog, scheduled: bool = True) -> dict[str, Any]:
         """Validate and log; when `scheduled`, also step the LR scheduler, call the hooks, keep best.pt, count
         stalls (a report-only evaluation changes no state, so a resumed run matches a straight one)."""
-        step, main = self.position.step, self.rank == 0
+        step, main, start = self.position.step, self.rank == 0, monotonic()
         metrics = self.evaluate_fn(self.model)
+        seconds = self.seconds + monotonic() - start  # the training clock when this result was known
         if scheduled and self.config.optim.lr_decay < 1.0:  # optim.lr_decay 1 disables the plateau decay
             self.scheduler.step(metrics["nelbo"])
         texts = self.report_text(self.model) if main and self.report_text else {}
         images = self.report_images(self.model) if main and self.report_images else {}
         logs.evaluation(self.run_dir if main else None, step, self.position.epoch, metrics,
-                        self.optimizer.param_groups[0]["lr"], texts, images)  # fmt: skip
+                        self.optimizer.param_groups[0]["lr"], texts, images, seconds)  # fmt: skip
         for hook in self.hooks if scheduled else ():
             hook.after_evaluation(step, metrics, logs.writer)
         if scheduled and metrics["nelbo"] < self.position.best:
