@@ -181,7 +181,8 @@ def test_subword_run_reports_perplexity_per_word(tiny_config_path, corpus_dir, t
 
 def test_max_minutes_stops_a_run_evaluated_and_resumes_with_the_time_spent(tiny_config_path, corpus_dir, tmp_path,
                                                                            monkeypatch):  # fmt: skip
-    """A clock that moves a minute per reading: the loop reads it once at the start and once per step."""
+    """A clock that moves a minute per reading: read when the trainer is built, at the loop's start, once per
+    step and once after each evaluation (whose minute counts: the checkpoint after it keeps it)."""
     from textvae.core import trainer as trainer_module
 
     ticks = iter(range(0, 10**6, 60))
@@ -189,11 +190,13 @@ def test_max_minutes_stops_a_run_evaluated_and_resumes_with_the_time_spent(tiny_
     run = tmp_path / "run"
     train(_config(tiny_config_path, corpus_dir, "train.max_minutes=3.5", "train.eval_every=10"), run)
     state = torch.load(run / "checkpoints/last.pt", weights_only=True)
-    assert state["position"]["step"] == 4 and state["seconds"] == 240  # 4 minutes >= 3.5 after step 4
+    assert state["position"]["step"] == 4 and state["seconds"] == 300  # 4 minutes >= 3.5 after step 4, + the eval
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [4]  # evaluated where it stopped
+    assert [(r["step"], r["seconds"]) for r in records] == [(4, 300)]  # evaluated where it stopped
     ticks = iter(range(0, 10**6, 60))  # a new session's clock starts anywhere; only differences count
     monkeypatch.setattr(trainer_module, "monotonic", lambda: next(ticks))
-    train(_config(tiny_config_path, corpus_dir, "train.max_minutes=5.5", "train.eval_every=10"), run)
+    train(_config(tiny_config_path, corpus_dir, "train.max_minutes=6.5", "train.eval_every=10"), run)
     state = torch.load(run / "checkpoints/last.pt", weights_only=True)
-    assert state["position"]["step"] == 6 and state["seconds"] == 360
+    assert state["position"]["step"] == 6 and state["seconds"] == 480  # 5 + 2 steps' minutes >= 6.5, + the eval
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["seconds"]) for r in records] == [(4, 300), (6, 480)]

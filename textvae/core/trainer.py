@@ -69,6 +69,7 @@ class Trainer:
         self.report_images, self.config, self.run_dir, self.device = report_images, config, Path(run_dir), device
         self.position = Position()
         self.seconds = 0.0  # wall time of training so far, evaluations included, summed over resumed sessions
+        self._clock = monotonic()  # when self.seconds was last brought up to date (_tick)
         self.hooks = [*remedy_hooks(model, config), *hooks]
         self._carried: dict[str, Any] = {}  # hook states of the checkpoint that no hook of this run claims
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -180,7 +181,7 @@ class Trainer:
         self.stepper.distribute()
         logs = TrainingLog(self.run_dir, self.position.step, train.max_steps, self.rank == 0, log)
         metrics, stop, self._window = None, False, TrainWindow()
-        clock = monotonic()
+        self._clock = monotonic()
         while self.position.step < train.max_steps and not stop:
             self._plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed)
             if self.world > 1:  # every rank needs a share of each batch
@@ -199,8 +200,7 @@ class Trainer:
                 if step % train.log_every == 0 and self._window.stats:
                     logs.train(self._window, step, self.optimizer.param_groups[0]["lr"])
                 evaluated = step % train.eval_every == 0
-                now = monotonic()
-                self.seconds, clock = self.seconds + now - clock, now
+                self._tick()
                 out_of_time = 0 < train.max_minutes * 60 <= self.seconds
                 if evaluated or step == train.max_steps or out_of_time:
                     # An extra evaluation at the last step only reports: the LR schedule, best.pt and early
@@ -236,12 +236,18 @@ class Trainer:
         self.position.best, self.position.bad_evals = math.inf, 0
         self.save(self.last_path)  # a resumed run never runs the hooks twice
 
+    def _tick(self) -> float:
+        """Add the wall time since the last tick to the run's training clock; -> the clock (seconds)."""
+        now = monotonic()
+        self.seconds, self._clock = self.seconds + now - self._clock, now
+        return self.seconds
+
     def evaluate(self, logs: TrainingLog, scheduled: bool = True) -> dict[str, Any]:
         """Validate and log; when `scheduled`, also step the LR scheduler, call the hooks, keep best.pt, count
         stalls (a report-only evaluation changes no state, so a resumed run matches a straight one)."""
-        step, main, start = self.position.step, self.rank == 0, monotonic()
+        step, main = self.position.step, self.rank == 0
         metrics = self.evaluate_fn(self.model)
-        seconds = self.seconds + monotonic() - start  # the training clock when this result was known
+        seconds = self._tick()  # the training clock when this result was known, kept by the checkpoint after it
         if scheduled and self.config.optim.lr_decay < 1.0:  # optim.lr_decay 1 disables the plateau decay
             self.scheduler.step(metrics["nelbo"])
         texts = self.report_text(self.model) if main and self.report_text else {}
