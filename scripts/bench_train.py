@@ -14,7 +14,8 @@ FLOP-weighted, the denominator of `ratio_step_shapes`). `--reference` also runs 
 step of ../shared/bench/textbook_lstm_vae.py at the same sizes and sentences per batch, in the same run, and
 reports `reference_tokens_per_s` and `speedup`.
 `--to-quality NLL` trains the config from scratch in a temporary run directory (`textvae train`) and prints the
-wall time and steps until the validation NLL (IW-5, nats per sentence) first reaches NLL, and tokens/s.
+steps and wall time until the validation NLL (IW-5, nats per sentence) first reaches NLL (`wall_s`: the run's
+training clock, evaluations included; `process_s`: from the launch, start-up included), and tokens/s.
 With `--from-run RUN` it trains nothing and reads the same figures off RUN's metrics.jsonl (the `seconds` of
 each evaluation: the run's training clock, summed over resumed sessions), e.g. of a reproduction suite's run.
 """
@@ -186,42 +187,41 @@ def to_quality(args, target: float) -> dict:
     command = ["textvae", "train", args.config, "--run-dir", str(run_dir), *sets, "--set", "train.eval_iw_samples=5"]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(run_dir.parent / "train.log", "w"))
-    seen, result = 0, {"config": args.config, "target_nll": target, "reached": False}
     metrics = run_dir / "metrics.jsonl"
-    while process.poll() is None and not result["reached"]:
+    while process.poll() is None and not (metrics.is_file() and first_reaching(metrics, target)["reached"]):
         time.sleep(2)
-        lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
-        for line in lines[seen:]:
-            record = json.loads(line)
-            result.update(step=record["step"], epoch=record["epoch"], val_nll=record["metrics"]["nll"],
-                          wall_s=round(time.perf_counter() - start, 1))  # fmt: skip
-            if record["metrics"]["nll"] <= target:
-                result["reached"] = True
-                break
-        seen = len(lines)
+    process_s = round(time.perf_counter() - start, 1)  # start-up (data, tokenizer) included
     if process.poll() is None:
         process.terminate()  # SIGTERM: the run saves last.pt and stops
         process.wait()
-    result["tokens_per_s"] = _mean_tokens_per_s(run_dir / "tb")
-    result["run_dir"] = str(run_dir)
-    return result
+    found = first_reaching(metrics, target) if metrics.is_file() else {"target_nll": target, "reached": False}
+    return {"config": args.config, **found, "process_s": process_s,
+            "tokens_per_s": _mean_tokens_per_s(run_dir / "tb"), "run_dir": str(run_dir)}  # fmt: skip
 
 
 def quality_from_run(run_dir: Path, target: float) -> dict:
-    """The first evaluation of a trained run whose validation NLL <= target, from its metrics.jsonl."""
+    """--to-quality off a trained run: its first evaluation at validation NLL <= target, and its tokens/s."""
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         raise SystemExit(f"bench_train: {run_dir} has no metrics.jsonl (not a run directory, or never evaluated)")
-    result = {"run_dir": str(run_dir), "target_nll": target, "reached": False}
+    return {
+        "run_dir": str(run_dir),
+        **first_reaching(metrics, target),
+        "tokens_per_s": _mean_tokens_per_s(run_dir / "tb"),
+    }
+
+
+def first_reaching(metrics: Path, target: float) -> dict:
+    """The first evaluation in a run's metrics.jsonl whose validation NLL <= target (else the last one), with
+    `wall_s` the run's training clock at that evaluation (None in lines logged before runs recorded it)."""
+    result = {"target_nll": target, "reached": False}
     for line in metrics.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         result.update(step=record["step"], epoch=record["epoch"], val_nll=record["metrics"]["nll"],
-                      iw_samples=record["metrics"].get("iw_samples"),
-                      wall_s=record.get("seconds"))  # None: logged before runs recorded their clock  # fmt: skip
+                      iw_samples=record["metrics"].get("iw_samples"), wall_s=record.get("seconds"))  # fmt: skip
         if record["metrics"]["nll"] <= target:
             result["reached"] = True
             break
-    result["tokens_per_s"] = _mean_tokens_per_s(run_dir / "tb")
     return result
 
 

@@ -32,9 +32,9 @@ def test_resumed_run_reaches_the_same_parameters(tiny_config_path, corpus_dir, t
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert straight["scheduler"] == resumed["scheduler"]
-    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
-    assert steps == [4, 6, 8, 12]  # the report-only evaluation at the first run's end is kept, nothing doubled
-    seconds = [json.loads(line)["seconds"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 6, 8, 12]  # the first run's report-only evaluation kept, none doubled
+    seconds = [r["seconds"] for r in records]
     assert 0 < seconds[0] and seconds == sorted(seconds)  # the training clock goes on across the resume
     exp_avg = [s["exp_avg"] for s in straight["optimizer"]["state"].values()]
     exp_avg_resumed = [s["exp_avg"] for s in resumed["optimizer"]["state"].values()]

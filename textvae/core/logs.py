@@ -84,7 +84,7 @@ class TrainingLog:
                              duration((self.max_steps - step) * per_step))  # fmt: skip
 
     def evaluation(self, run_dir: Path | None, step: int, epoch: int, metrics: dict[str, Any], lr: float,
-                   texts: dict[str, str], images: dict[str, torch.Tensor], seconds: float = 0.0) -> None:  # fmt: skip
+                   texts: dict[str, str], images: dict[str, torch.Tensor], seconds: float) -> None:  # fmt: skip
         """val/ scalars (val/loss: the objective, nelbo), the per-dimension KL histogram, the LR, the reports' texts
         and images in TensorBoard; one line of RUN_DIR/metrics.jsonl (rank 0: `run_dir` given), with `seconds`, the
         run's training clock (evaluations included, summed over resumed sessions) when the result was known."""
