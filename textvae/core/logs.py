@@ -100,7 +100,7 @@ class TrainingLog:
         for tag, image in images.items():
             self.writer.add_image(tag, image, step)
         if run_dir is not None:
-            record = {"step": step, "epoch": epoch, "seconds": round(seconds, 1), "split": "valid", "metrics": metrics}
+            record = {"step": step, "epoch": epoch, "seconds": round(seconds, 3), "split": "valid", "metrics": metrics}
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
