@@ -69,10 +69,28 @@ def test_several_samples_equal_one_at_a_time(split):
     assert torch.allclose(together, apart, atol=1e-5)
 
 
-def test_padding_does_not_change_the_encoding(split):
-    model = _model(split, bidirectional=True).eval()
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padding_does_not_change_the_encoding(split, bidirectional, pooling):
+    model = _model(split, bidirectional=bidirectional, encoder_pooling=pooling).eval()
     alone, padded = (model.encode(split.collate(rows))[0] for rows in shortest_and_longest(split))
     assert torch.allclose(alone[0], padded[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_encoder_pooling_summarizes_the_outputs_over_the_sentence(split, bidirectional, pooling):
+    model = _model(split, bidirectional=bidirectional, encoder_pooling=pooling).eval()
+    batch = split.collate([4])  # one sentence: no padding; the encoder reads w_1 .. <eos>
+    outputs, _ = model.encoder(model.embedding(batch.tokens[:, 1:]))  # [1, T, directions * H]
+    hidden = model.encoder.hidden_size
+    summary = {
+        "mean": outputs[0].mean(0),
+        "max": outputs[0].max(0).values,
+        # the forward direction's state after <eos>, the backward one's after w_1
+        "last": torch.cat([outputs[0, -1, :hidden], outputs[0, 0, hidden:]]),
+    }[pooling]
+    assert torch.allclose(model.encode(batch)[0], model.to_posterior(summary.unsqueeze(0))[0], atol=1e-6)
 
 
 def test_z_changes_the_decoder_output(split):

@@ -48,6 +48,8 @@ class ModelConfig:
     num_layers: int = 1  # stacked recurrent layers (Transformer blocks; image MLP layers)
     rnn: str = "lstm"  # lstm_vae, lstm_lm: the recurrent cell, lstm | gru (h0 = tanh(W z): no cell state)
     bidirectional: bool = False  # encoder only
+    encoder_pooling: str = "last"  # lstm_vae: the encoder's summary of a sentence, last (the final state) | mean | max
+    # (over the encoder's outputs at w_1 .. <eos>, each direction's)
     embedding_dropout: float = 0.0  # dropout on the input embeddings (encoder and decoder), in training only
     output_dropout: float = 0.0  # dropout on the decoder's states before the output layer (Transformer: in blocks)
     word_dropout: float = 0.0  # decoder input tokens replaced by <unk> in training mode (Bowman et al. 2016)

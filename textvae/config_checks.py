@@ -21,6 +21,7 @@ _CHOICES = {
     ("data", "binarize"): ("dynamic", "none"),
     ("model", "name"): registry.names(),
     ("model", "rnn"): ("lstm", "gru"),
+    ("model", "encoder_pooling"): ("last", "mean", "max"),
     ("model", "z_injection"): ("embedding", "memory", "both"),
     ("model", "architecture"): ("mlp", "conv"),
     ("model", "activation"): ("tanh", "relu"),

@@ -13,6 +13,14 @@ from textvae.core.posterior import PosteriorHead
 from textvae.models.lstm_lm import CELLS, LSTMDecoder, Shape, rnn_flops_per_token, rnn_gemm_shapes, run_recurrent
 
 
+def pool(outputs: Tensor, counts: Tensor, how: str) -> Tensor:
+    """The mean or max over time of outputs [B, T, H] at each row's first counts[b] positions. -> [B, H]."""
+    valid = (torch.arange(outputs.shape[1], device=outputs.device) < counts.unsqueeze(1)).unsqueeze(-1)  # [B, T, 1]
+    if how == "mean":
+        return (outputs * valid).sum(1) / counts.unsqueeze(1).to(outputs.dtype)
+    return outputs.masked_fill(~valid, float("-inf")).amax(1)
+
+
 class LSTMVAE(LatentModel):
     def __init__(self, vocab_size: int, config: ModelConfig, pad_id: int, unk_id: int, special_ids: list[int]):
         super().__init__()
@@ -27,26 +35,32 @@ class LSTMVAE(LatentModel):
             batch_first=True,
             bidirectional=config.bidirectional,
         )
+        self.pooling = config.encoder_pooling
         self.to_posterior = PosteriorHead(directions * config.hidden_size, config.latent_dim, config.bn_gamma)
         self.decoder = LSTMDecoder(vocab_size, config, config.latent_dim, pad_id, unk_id, special_ids)
 
     def encode(self, batch) -> tuple[Tensor, Tensor]:
-        """q(z|x) from the encoder's final top-layer state(s). -> mu, logvar: [B, D] each."""
+        """q(z|x) from the encoder's summary of the sentence (model.encoder_pooling: its final top-layer
+        state(s), or the mean or max of its outputs over the sentence). -> mu, logvar: [B, D] each."""
         words = batch.tokens[:, 1:]  # w_1 .. w_n <eos>: the encoder does not need <bos>
         embedded = self.embedding_dropout(self.embedding(words))
+        counts = batch.lengths - 1  # w_1 .. w_n <eos> of each sentence
         if self.encoder.bidirectional:  # the backward direction must start at each sentence's own end
-            packed = nn.utils.rnn.pack_padded_sequence(embedded, batch.lengths - 1, batch_first=True,
-                                                       enforce_sorted=False)  # fmt: skip
-            _, state = self.encoder(packed)  # an LSTM's (h_n, c_n), a GRU's h_n: [layers * directions, B, H]
-            h_n = state[0] if isinstance(state, tuple) else state
-            summary = torch.cat([h_n[-2], h_n[-1]], dim=-1)
+            packed = nn.utils.rnn.pack_padded_sequence(embedded, counts, batch_first=True, enforce_sorted=False)
+            packed_outputs, state = self.encoder(packed)  # an LSTM's (h_n, c_n), a GRU's h_n: [layers * 2, B, H]
+            if self.pooling == "last":
+                h_n = state[0] if isinstance(state, tuple) else state
+                return self.to_posterior(torch.cat([h_n[-2], h_n[-1]], dim=-1))
+            outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_outputs, batch_first=True,
+                                                          total_length=words.shape[1])  # fmt: skip
         else:
             # Unpacked, so that oneDNN's fused LSTM runs (a packed sequence takes a per-step path, 3x slower at
-            # 1024 units); the state after a sentence's <eos> does not depend on the padding after it.
+            # 1024 units); the outputs up to a sentence's <eos> do not depend on the padding after it.
             outputs, _ = run_recurrent(self.encoder, embedded)  # [B, T, H]
-            last = (batch.lengths - 2).to(outputs.device)  # position of <eos> among w_1 .. w_n <eos>
-            summary = outputs[torch.arange(outputs.shape[0], device=outputs.device), last]
-        return self.to_posterior(summary)
+            if self.pooling == "last":
+                last = (counts - 1).to(outputs.device)  # position of <eos> among w_1 .. w_n <eos>
+                return self.to_posterior(outputs[torch.arange(outputs.shape[0], device=outputs.device), last])
+        return self.to_posterior(pool(outputs, counts.to(outputs.device), self.pooling))
 
     def log_likelihood(self, batch, z: Tensor) -> Tensor:
         """log p(x|z) per sentence and sample. z: [B, K, D] -> [B, K]."""
