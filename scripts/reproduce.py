@@ -201,7 +201,9 @@ def published(suite: Suite, name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", default="ptb", choices=sorted(SUITES))
-    parser.add_argument("--config", type=Path, help="the base config every run starts from (default: the suite's)")
+    parser.add_argument(
+        "--config", type=Path, help="the base config of every run (default: the run's own, else the suite's)"
+    )
     parser.add_argument("--runs-dir", type=Path, help="default: runs/reproduce/SUITE")
     parser.add_argument("--out", type=Path, help="the table (default: results/SUITE.md; the plot next to it)")
     parser.add_argument("--steps", type=int, help="the step budget of every run (default: the suite's)")
@@ -223,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     suite = SUITES[args.suite]
-    args.config = args.config or ROOT / suite.config
+    given_config, args.config = args.config, args.config or ROOT / suite.config
+
+    def base(entry: Entry) -> Path:  # --config, else the run's own config, else the suite's
+        return given_config or (ROOT / entry.config if entry.config else args.config)
+
     args.runs_dir = args.runs_dir or Path("runs/reproduce") / args.suite
     args.out = args.out or Path("results") / f"{args.suite}.md"
     args.steps = args.steps or suite.steps
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_report:  # before hours of training, not after
             require_extra("plots", "the suite's report (its plot) needs", "matplotlib")
         chosen = [e for e in suite.entries if e.name in names]
-        plans = {e.name: run_config(args.config, e, args.steps, args.overrides, suite.overrides, suite.converge)
+        plans = {e.name: run_config(base(e), e, args.steps, args.overrides, suite.overrides, suite.converge)
                  for e in chosen}  # fmt: skip
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -249,13 +255,13 @@ def main(argv: list[str] | None = None) -> int:
             pass
         elif args.jobs == 1:  # every training first (they resume where a kill left them), then the evaluations
             for entry in chosen:
-                train_run(args.config, entry, args.runs_dir / entry.name, plans[entry.name])
+                train_run(base(entry), entry, args.runs_dir / entry.name, plans[entry.name])
             for entry in chosen:
                 evaluate_once(
                     entry, args.runs_dir / entry.name, args.iw_samples, args.precision, suite.gaps, args.eval_examples
                 )
         else:
-            failed = run_in_parallel(chosen, args)
+            failed = run_in_parallel(chosen, args, given_config)
         if not args.no_report:
             write_report(suite, args, argv)
         if failed:
@@ -270,11 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_in_parallel(chosen: list[Entry], args) -> list[str]:
+def run_in_parallel(chosen: list[Entry], args, given_config: Path | None) -> list[str]:
     """Each run in its own process (this script with --only NAME), `args.jobs` at a time; return the failures."""
     pending, running, failed = list(chosen), {}, []
     passthrough = [
-        "--suite", args.suite, "--config", str(args.config), "--runs-dir", str(args.runs_dir),
+        "--suite", args.suite, *(["--config", str(given_config)] if given_config else []),
+        "--runs-dir", str(args.runs_dir),
         "--steps", str(args.steps), "--iw-samples", str(args.iw_samples), "--precision", args.precision,
         "--eval-examples", str(args.eval_examples or 0),
         "--threads", str(args.threads), "--no-report", *[f"--set={o}" for o in args.overrides],

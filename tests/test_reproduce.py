@@ -85,3 +85,20 @@ def test_gap_suite_reports_both_gaps(reproduce, tiny_config_path, corpus_dir, tm
     assert reproduce.main([*argv, "--only", "gaussian", "--eval-examples", "0"]) == 0
     whole = json.loads((runs / "gaussian" / "test_iw2.json").read_text())
     assert whole["sentences"] > 6 and "max_examples" not in whole
+
+
+def test_a_run_with_its_own_config_trains_from_it_unless_config_is_given(
+    reproduce, tiny_config_path, corpus_dir, tmp_path, monkeypatch
+):
+    wide = tmp_path / "wide.yaml"  # the run's own base config: tiny.yaml with 24 units
+    wide.write_text(tiny_config_path.read_text().replace("hidden_size: 16", "hidden_size: 24"))
+    entries = [reproduce.Entry("lm", "LM", lambda s: ["model.name=lstm_lm"], config=str(wide)),
+               reproduce.Entry("vae", "VAE", lambda s: [])]  # fmt: skip
+    suite = dataclasses.replace(reproduce.SUITES["ptb"], config=str(tiny_config_path), entries=entries, overrides=())
+    monkeypatch.setitem(reproduce.SUITES, "ptb", suite)
+    shared = ["--steps", "4", "--iw-samples", "2", "--no-report", "--set", f"data.corpus={corpus_dir}"]
+    assert reproduce.main(["--runs-dir", str(tmp_path / "own"), *shared]) == 0
+    assert "hidden_size: 24" in (tmp_path / "own/lm/config.yaml").read_text()
+    assert "hidden_size: 16" in (tmp_path / "own/vae/config.yaml").read_text()  # the suite's config
+    assert reproduce.main(["--runs-dir", str(tmp_path / "given"), "--config", str(tiny_config_path), *shared]) == 0
+    assert "hidden_size: 16" in (tmp_path / "given/lm/config.yaml").read_text()  # --config is every run's base
