@@ -225,10 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     suite = SUITES[args.suite]
-    given_config, args.config = args.config, args.config or ROOT / suite.config
 
     def base(entry: Entry) -> Path:  # --config, else the run's own config, else the suite's
-        return given_config or (ROOT / entry.config if entry.config else args.config)
+        return args.config or ROOT / (entry.config or suite.config)
 
     args.runs_dir = args.runs_dir or Path("runs/reproduce") / args.suite
     args.out = args.out or Path("results") / f"{args.suite}.md"
@@ -261,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry, args.runs_dir / entry.name, args.iw_samples, args.precision, suite.gaps, args.eval_examples
                 )
         else:
-            failed = run_in_parallel(chosen, args, given_config)
+            failed = run_in_parallel(chosen, args)
         if not args.no_report:
             write_report(suite, args, argv)
         if failed:
@@ -276,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_in_parallel(chosen: list[Entry], args, given_config: Path | None) -> list[str]:
+def run_in_parallel(chosen: list[Entry], args) -> list[str]:
     """Each run in its own process (this script with --only NAME), `args.jobs` at a time; return the failures."""
     pending, running, failed = list(chosen), {}, []
     passthrough = [
-        "--suite", args.suite, *(["--config", str(given_config)] if given_config else []),
+        "--suite", args.suite, *(["--config", str(args.config)] if args.config else []),
         "--runs-dir", str(args.runs_dir),
         "--steps", str(args.steps), "--iw-samples", str(args.iw_samples), "--precision", args.precision,
         "--eval-examples", str(args.eval_examples or 0),
