@@ -93,6 +93,28 @@ def test_encoder_pooling_summarizes_the_outputs_over_the_sentence(split, bidirec
     assert torch.allclose(model.encode(batch)[0], model.to_posterior(summary.unsqueeze(0))[0], atol=1e-6)
 
 
+def test_latent_skip_adds_a_map_of_z_to_every_state_the_output_layer_reads(split):
+    model = _model(split, latent_skip=True).eval()
+    decoder = model.decoder
+    batch = split.collate([0, 1, 2])
+    z = torch.randn(3, 3)
+    with_skip, _ = decoder.hidden(batch.tokens[:, :-1], z)
+    skip, decoder.latent_to_output = decoder.latent_to_output, None
+    without, _ = decoder.hidden(batch.tokens[:, :-1], z)
+    decoder.latent_to_output = skip
+    assert torch.allclose(with_skip - without, (z @ skip.weight.T).unsqueeze(1).expand_as(without), atol=1e-6)
+    # decoding step by step reads the same states: its log-probabilities sum to log p(x|z)
+    tokens = batch.tokens[:1]
+    state, total = None, 0.0
+    for t in range(int(batch.lengths[0]) - 1):
+        logits, state = decoder.step(tokens[:, t], z[:1], state)
+        total += logits.log_softmax(-1)[0, tokens[0, t + 1]]
+    assert torch.allclose(total, model.log_likelihood(split.collate([0]), z[:1, None])[0, 0], atol=1e-5)
+    model.train()
+    elbo(model, batch, ElboSettings(kl_weight=1.0)).loss.backward()
+    assert skip.weight.grad.abs().sum() > 0
+
+
 def test_z_changes_the_decoder_output(split):
     model = _model(split).eval()
     batch = split.collate([0])

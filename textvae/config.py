@@ -50,6 +50,8 @@ class ModelConfig:
     bidirectional: bool = False  # encoder only
     encoder_pooling: str = "last"  # lstm_vae: the encoder's summary of a sentence, last (the final state) | mean | max
     # (over the encoder's outputs at w_1 .. <eos>, each direction's)
+    latent_skip: bool = False  # lstm_vae: z also added (through a linear map) to every decoder state that the output
+    # layer reads, a skip connection past the recurrence (skip-VAE, Dieng et al. 2019)
     embedding_dropout: float = 0.0  # dropout on the input embeddings (encoder and decoder), in training only
     output_dropout: float = 0.0  # dropout on the decoder's states before the output layer (Transformer: in blocks)
     word_dropout: float = 0.0  # decoder input tokens replaced by <unk> in training mode (Bowman et al. 2016)

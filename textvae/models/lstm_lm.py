@@ -149,7 +149,8 @@ def rnn_gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: f
 
 
 class LSTMDecoder(nn.Module):
-    """p(x|z) = prod_t p(x_t | x_<t, z): z sets the initial state and joins every input embedding."""
+    """p(x|z) = prod_t p(x_t | x_<t, z): z sets the initial state and joins every input embedding (with
+    model.latent_skip, a linear map of z is also added to every state the output layer reads)."""
 
     def __init__(self, vocab_size: int, config: ModelConfig, latent_dim: int, pad_id: int, unk_id: int, specials):
         super().__init__()
@@ -167,6 +168,9 @@ class LSTMDecoder(nn.Module):
         self.output = nn.Linear(config.hidden_size, vocab_size)
         # Bowman et al. 2016: z -> initial cell state of every layer; h0 = tanh(c0) (a GRU: h0 = tanh(W z)).
         self.latent_to_state = nn.Linear(latent_dim, config.num_layers * config.hidden_size) if latent_dim else None
+        # skip-VAE (Dieng et al. 2019): z reaches every prediction without passing through the recurrence
+        skip = latent_dim and config.latent_skip
+        self.latent_to_output = nn.Linear(latent_dim, config.hidden_size, bias=False) if skip else None
 
     @property
     def recurrent(self) -> nn.RNNBase:
@@ -186,7 +190,10 @@ class LSTMDecoder(nn.Module):
             emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1).to(emb.dtype)], dim=-1)
         if state is None:
             state = self.initial_state(z, inputs.shape[0], inputs.device)
-        return run_recurrent(self.recurrent, emb, state)
+        hidden, state = run_recurrent(self.recurrent, emb, state)
+        if self.latent_to_output is not None:
+            hidden = hidden + self.latent_to_output(z.to(hidden.dtype)).unsqueeze(1)
+        return hidden, state
 
     def log_likelihood(self, tokens: Tensor, z: Tensor | None) -> Tensor:
         """log p(x|z) summed over tokens (<eos> included). tokens: [B, T], z: [B, K, D] or None -> [B, K]."""

@@ -76,7 +76,8 @@ class LSTMVAE(LatentModel):
         recurrence = rnn_flops_per_token(config.embedding_dim + latent, hidden, layers, config.rnn)
         decoder = (recurrence + 2 * hidden * vocab) * tokens
         posterior = 2 * directions * hidden * 2 * latent * sentences
-        return encoder + posterior + samples * (decoder + 2 * latent * layers * hidden * sentences)
+        latent_maps = 2 * latent * (layers + config.latent_skip) * hidden * sentences  # initial state (and skip)
+        return encoder + posterior + samples * (decoder + latent_maps)
 
     @staticmethod
     def gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float) -> list[tuple[Shape, float]]:
