@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from textvae.core.estimators import AU_SAMPLES, posterior_mean
-from textvae.core.evaluation import evaluate
+from textvae.core.evaluation import Journal, evaluate
 from textvae.core.flows import attach_flow
 from textvae.core.latent import LatentModel
 from textvae.text_metrics import evaluate_text
@@ -167,3 +167,55 @@ def test_mi_and_active_units_over_a_seeded_sample_of_a_large_split():
     assert part["mi"] == pytest.approx(math.log(4.0), abs=0.2)  # the same MI, estimated on fewer examples
     kept = ("nll", "rec", "kl", "examples")
     assert [part[key] for key in kept] == [whole[key] for key in kept]
+
+
+class _DrawDependent(_GivenPosterior):
+    """log p(x|z) that depends on the draws of z (so that the figures depend on the seeding); counts encodings."""
+
+    encoded = 0
+
+    def encode(self, batch):
+        self.encoded += 1
+        return batch.mu, batch.logvar
+
+    def log_likelihood(self, batch, z):
+        return batch.log_px_z.float().unsqueeze(1) - 0.5 * ((z - 1.0) ** 2).sum(-1)
+
+
+def _stopped_after(batches, count):
+    """The batches, then a kill (Ctrl-C) before batch `count`."""
+    yield from batches[:count]
+    raise KeyboardInterrupt
+
+
+def test_a_stopped_evaluation_resumes_at_the_batch_it_reached_with_the_figures_of_an_unstopped_one(tmp_path):
+    torch.manual_seed(0)
+    batches = [_Batch(torch.randn(5, 2), torch.randn(5, 2) * 0.3, torch.randn(5), num_tokens=9) for _ in range(6)]
+    model = _DrawDependent(2)
+    whole = evaluate_text(model, batches, 8, CPU)
+    assert whole != evaluate_text(model, batches, 8, CPU, seed=1)  # the figures do depend on the draws
+    path, key = tmp_path / "evaluation.partial", {"step": 100, "iw_samples": 8}
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_text(model, _stopped_after(batches, 4), 8, CPU, journal=Journal(path, key, every=0))
+    assert len(torch.load(path, weights_only=True)["records"]) == 4
+    model.encoded = 0
+    assert evaluate_text(model, batches, 8, CPU, journal=Journal(path, key)) == whole
+    assert model.encoded == 2  # only the two batches the stopped run had not reached
+    assert not path.exists()  # a complete evaluation leaves no journal behind
+
+
+def test_a_journal_of_other_settings_or_a_damaged_one_is_not_used(tmp_path):
+    torch.manual_seed(0)
+    batches = [_Batch(torch.randn(4, 2), torch.zeros(4, 2), torch.randn(4)) for _ in range(3)]
+    model = _DrawDependent(2)
+    whole = evaluate(model, batches, 4, CPU)
+    path = tmp_path / "evaluation.partial"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, _stopped_after(batches, 2), 4, CPU, journal=Journal(path, {"step": 100}, every=0))
+    model.encoded = 0
+    assert evaluate(model, batches, 4, CPU, journal=Journal(path, {"step": 200})) == whole
+    assert model.encoded == 3
+    path.write_bytes(b"not a journal")
+    model.encoded = 0
+    assert evaluate(model, batches, 4, CPU, journal=Journal(path, {"step": 200})) == whole
+    assert model.encoded == 3

@@ -6,9 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from textvae import config as config_lib
 from textvae.cli import main
+from textvae.core.evaluation import Journal
 from textvae.data.corpus import load_corpus, resolve
 from textvae.dispatch import train
 from textvae.errors import UserError
@@ -122,6 +124,26 @@ def test_cli_evaluate_reconstruction_and_interpolation(labeled_run, capsys):
     assert main(["evaluate", str(labeled_run), "--iw-samples", "1", "--reconstruction", "--decode", "beam",
                  "--max-examples", "4"]) == 0  # fmt: skip
     assert "reconstruction (beam, 4 sentences): BLEU" in capsys.readouterr().out
+
+
+def test_cli_evaluate_resumes_from_the_progress_it_keeps_in_the_run(labeled_run, capsys, monkeypatch):
+    # a complete evaluation leaves no journal; one left by a stopped evaluation of the same settings is read back:
+    # a journal kept (finish() disabled) and then altered shows in the next evaluation's figures
+    argv = ["evaluate", str(labeled_run), "--iw-samples", "3", "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert not list(labeled_run.glob("*.partial"))
+    monkeypatch.setattr(Journal, "finish", lambda self: self.save())
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out) == first  # the per-batch draws are seeded
+    (path,) = labeled_run.glob("evaluation_test_iw3.partial")
+    state = torch.load(path, weights_only=True)
+    state["records"][0]["nll"] += 1000.0
+    torch.save(state, path)
+    monkeypatch.undo()
+    assert main(argv) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["nll"] == pytest.approx(first["nll"] + 1000.0 / first["sentences"])
+    assert not path.exists()
 
 
 def test_cli_probe(labeled_run, capsys):

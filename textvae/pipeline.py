@@ -15,7 +15,7 @@ from torch import nn
 from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.device import resolve_device
-from textvae.core.evaluation import spread
+from textvae.core.evaluation import Journal, spread
 from textvae.core.gaps import inference_gaps
 from textvae.core.run import load_trained, open_run, read_config, save_config
 from textvae.core.trainer import Trainer
@@ -149,6 +149,18 @@ def split_batches(run: TextRun, split: str, max_examples: int | None = None) -> 
     return data.batches(data.ordered(run.config.train.eval_batch_size))
 
 
+def evaluation_journal(run_dir: Path, run: TextRun, split: str, iw_samples: int, precision: str,
+                       max_examples: int | None, batches: Batches) -> Journal:  # fmt: skip
+    """Where an evaluation of `run` keeps its progress (RUN_DIR/evaluation_SPLIT_iwK[_nN].partial, one file a rank),
+    so that a stopped `textvae evaluate` or reproduction suite resumes it; keyed by what decides its figures."""
+    name = f"evaluation_{split}_iw{iw_samples}" + (f"_n{max_examples}" if max_examples is not None else "")
+    if distributed.active():
+        name += f"_rank{distributed.rank()}of{distributed.world_size()}"
+    key = {"step": run.step, "split": split, "iw_samples": iw_samples, "precision": precision,
+           "max_examples": max_examples, "batches": len(batches), "device": run.device.type}  # fmt: skip
+    return Journal(run_dir / f"{name}.partial", key)
+
+
 def evaluate_text_run(
     run_dir: Path,
     split: str,
@@ -168,8 +180,10 @@ def evaluate_text_run(
         raise UserError("this run is a language model: it has no latent code to reconstruct or interpolate from")
     batches = split_batches(run, split, max_examples)
     population = "split" if max_examples is None else "--max-examples part of the split"
+    journal = evaluation_journal(run_dir, run, split, iw_samples, precision, max_examples, batches)
     metrics = evaluate_text(run.model, batches, iw_samples, run.device, precision, ppl_unit(run.tokenizer),
-                            population=population, mi_max_examples=run.config.train.mi_max_examples)  # fmt: skip
+                            population=population, mi_max_examples=run.config.train.mi_max_examples,
+                            journal=journal)  # fmt: skip
     metrics["split"] = split
     metrics["checkpoint_step"] = run.step
     if max_examples is not None:

@@ -4,13 +4,17 @@ Modality-neutral: the text wiring (textvae/text_metrics.py) adds perplexity from
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from textvae.core import distributed
+from textvae.core.checkpoint import save_checkpoint
 from textvae.core.device import autocast
 from textvae.core.estimators import (
     AU_SAMPLES,
@@ -23,6 +27,8 @@ from textvae.core.estimators import (
     posterior_mean,
 )
 from textvae.core.latent import LatentModel, posterior_kl
+
+log = logging.getLogger(__name__)
 
 
 class Subsample:
@@ -69,6 +75,49 @@ def spread(count: int, limit: int | None) -> list[int]:
     return [i * count // limit for i in range(limit)]
 
 
+class Journal:
+    """The per-batch results of an evaluation in progress, written atomically to `path` at most every `every`
+    seconds, so that an interrupted evaluation resumes at the batch it had reached and ends with the figures of an
+    uninterrupted one (each batch's draws are seeded by its position). `key` names what is evaluated (checkpoint
+    step, split, samples, precision...): a journal of other settings is discarded."""
+
+    def __init__(self, path: Path, key: dict[str, Any], every: float = 60.0):
+        self.path: Path | None = path
+        self.key, self.every = key, every
+        self.records: list[dict[str, Any]] = []
+        self.saved_at = time.monotonic()
+        if path.is_file():
+            try:
+                state = torch.load(path, weights_only=True)
+            except Exception:  # a damaged journal costs its batches, never the evaluation
+                state = {}
+            if state.get("key") == key:
+                self.records = state["records"]
+                log.info("resuming the evaluation in %s at batch %d", path, len(self.records))
+            else:
+                log.info("discarding %s: a partial evaluation of other settings", path)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if time.monotonic() - self.saved_at >= self.every:
+            self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            save_checkpoint({"key": self.key, "records": self.records}, self.path)
+        except OSError as error:  # a run directory one may read but not write: evaluate without a journal
+            log.warning("cannot keep the evaluation's progress in %s (%s): it would start over if stopped",
+                        self.path, error.strerror or error)  # fmt: skip
+            self.path = None
+        self.saved_at = time.monotonic()
+
+    def finish(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 @torch.no_grad()
 def evaluate(
     model: LatentModel,
@@ -81,16 +130,18 @@ def evaluate(
     population: str = "split",
     mi_max_examples: int = 0,
     counts: dict[str, Callable[[Any], int]] | None = None,
+    journal: Journal | None = None,
 ) -> dict[str, Any]:
     """Metrics of DESIGN.md over all `batches` (per example, summed over tokens); deterministic under `seed`.
 
     The encoder runs once per batch; its posterior serves all K importance samples, drawn in chunks
-    so that at most about `token_budget` tokens go through the decoder at once. `counts`: name -> a function
-    of a batch; each is summed over the batches (and ranks) and returned under its name (the text wiring counts
-    tokens and words, for perplexity).
+    so that at most about `token_budget` tokens go through the decoder at once; batch i draws them from
+    torch.manual_seed(seed + i). `counts`: name -> a function of a batch; each is summed over the batches (and
+    ranks) and returned under its name (the text wiring counts tokens and words, for perplexity).
     `population` names what the batches are (the whole split, or a part of it) in `mi_over`. MI and active
     units are over a seeded sample of `mi_max_examples` examples when there are more (0: all); the other
-    metrics over all, streamed: only that sample's posteriors are held.
+    metrics over all, streamed: only that sample's posteriors are held. With a `journal`, the batches it holds
+    are not evaluated again, and it is deleted when the evaluation is complete.
     """
     was_training = model.training
     model.eval()
@@ -104,34 +155,26 @@ def evaluate(
     flow = getattr(model, "posterior_flow", None) is not None
     # one set of base-noise draws for every example: see estimators.posterior_mean
     noise = torch.randn(AU_SAMPLES, model.latent_dim, generator=torch.Generator().manual_seed(seed)) if flow else None
+    done = journal.records if journal is not None else []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for batch in tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None):
-            batch = batch.to(device)
-            with autocast(device, precision):
-                if model.latent_dim == 0:
-                    log_px = model.log_likelihood(batch, None)[:, 0].float()
-                    rec, kl, nll = -log_px, torch.zeros_like(log_px), -log_px
-                else:
-                    mu, logvar = model.encode(batch)
-                    chunk = iw_chunk(iw_samples, batch.footprint, token_budget)
-                    log_w, log_px_z, log_ratio = iw_log_weights(model, batch, mu, logvar, iw_samples, chunk)
-                    rec = -log_px_z.mean(1)  # E_q[-log p(x|z)], averaged over the K samples
-                    kl_terms = posterior_kl(model, batch, mu, logvar, log_ratio=log_ratio)  # core/latent.py's rule
-                    kl = kl_terms.sum(-1)
-                    kl_sums = kl_terms.sum(0) if kl_sums is None else kl_sums + kl_terms.sum(0)
-                    nll = -iw_log_likelihood(log_w)
-            if model.latent_dim:
-                rows = [mu.float().cpu(), logvar.float().cpu()]
-                if flow:  # in fp32, outside autocast: a property of the model, not of bf16
-                    rows.append(posterior_mean(model, mu, logvar, noise).cpu())
-                sample.add(*rows)
-            totals["rec"] += float(rec.sum())
-            totals["kl"] += float(kl.sum())
-            totals["nll"] += float(nll.sum())
-            examples += batch.size
-            for name, count in counts.items():
-                counted[name] += count(batch)
+        for index, batch in enumerate(tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None)):
+            if index < len(done):
+                record = done[index]
+            else:
+                torch.manual_seed(seed + index)
+                record = _evaluate_batch(model, batch.to(device), iw_samples, device, precision, token_budget,
+                                         flow, noise, counts)  # fmt: skip
+                if journal is not None:
+                    journal.add(record)
+            totals["rec"] += record["rec"]
+            totals["kl"] += record["kl"]
+            totals["nll"] += record["nll"]
+            examples += record["examples"]
+            for name in counts:
+                counted[name] += record["counts"][name]
+            if record["rows"]:
+                sample.add(*record["rows"])
+                kl_sums = record["kl_sum"] if kl_sums is None else kl_sums + record["kl_sum"]
         if distributed.active():  # each rank saw a shard of the batches: add up, and pool the posteriors
             summed = distributed.sum_across(
                 torch.tensor(
@@ -151,6 +194,8 @@ def evaluate(
         mi = mutual_information(mu_all, logvar_all)
         mean_all = columns[2] if flow and columns else mu_all
     model.train(was_training)
+    if journal is not None:
+        journal.finish()
     scope = f"{population}, N = {mu_all.shape[0]}"
     if columns and sample.seen > mu_all.shape[0]:
         scope += f" of {sample.seen} (a seeded sample, train.mi_max_examples; active units over it too)"
@@ -175,3 +220,34 @@ def evaluate(
         metrics["kl_estimate"] = f"monte-carlo, {iw_samples} draws per example"
         metrics["au_estimate"] = f"E_q[z|x] after the flow from {AU_SAMPLES} draws per example (the same draws for all)"
     return metrics
+
+
+def _evaluate_batch(model, batch, iw_samples, device, precision, token_budget, flow, noise, counts) -> dict[str, Any]:
+    """One batch's sums (rec, kl, nll), its example count and `counts`, and the rows the MI sample keeps."""
+    with autocast(device, precision):
+        if model.latent_dim == 0:
+            log_px = model.log_likelihood(batch, None)[:, 0].float()
+            rec, kl, nll = -log_px, torch.zeros_like(log_px), -log_px
+        else:
+            mu, logvar = model.encode(batch)
+            chunk = iw_chunk(iw_samples, batch.footprint, token_budget)
+            log_w, log_px_z, log_ratio = iw_log_weights(model, batch, mu, logvar, iw_samples, chunk)
+            rec = -log_px_z.mean(1)  # E_q[-log p(x|z)], averaged over the K samples
+            kl_terms = posterior_kl(model, batch, mu, logvar, log_ratio=log_ratio)  # core/latent.py's rule
+            kl = kl_terms.sum(-1)
+            nll = -iw_log_likelihood(log_w)
+    rows, kl_sum = [], None
+    if model.latent_dim:
+        rows = [mu.float().cpu(), logvar.float().cpu()]
+        if flow:  # in fp32, outside autocast: a property of the model, not of bf16
+            rows.append(posterior_mean(model, mu, logvar, noise).cpu())
+        kl_sum = kl_terms.sum(0).float().cpu()
+    return {
+        "rec": float(rec.sum()),
+        "kl": float(kl.sum()),
+        "nll": float(nll.sum()),
+        "examples": batch.size,
+        "counts": {name: int(count(batch)) for name, count in counts.items()},
+        "rows": rows,
+        "kl_sum": kl_sum,
+    }
