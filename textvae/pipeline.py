@@ -4,11 +4,13 @@ textvae/dispatch.py sends image runs elsewhere; the run directory's lifecycle is
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -156,8 +158,11 @@ def evaluation_journal(run_dir: Path, run: TextRun, split: str, iw_samples: int,
     name = f"evaluation_{split}_iw{iw_samples}" + (f"_n{max_examples}" if max_examples is not None else "")
     if distributed.active():
         name += f"_rank{distributed.rank()}of{distributed.world_size()}"
+    plan = hashlib.sha256()  # which sentences each batch holds (train.eval_batch_size may change between runs)
+    for indices in batches.plan:
+        plan.update(np.asarray(indices, dtype=np.int64).tobytes() + b"|")
     key = {"step": run.step, "split": split, "iw_samples": iw_samples, "precision": precision,
-           "max_examples": max_examples, "batches": len(batches), "device": run.device.type}  # fmt: skip
+           "max_examples": max_examples, "plan": plan.hexdigest(), "device": run.device.type}  # fmt: skip
     return Journal(run_dir / f"{name}.partial", key)
 
 
