@@ -64,9 +64,11 @@ def sum_across(values: torch.Tensor) -> torch.Tensor:
     """Element-wise sum over all ranks (a copy; the identity when not distributed)."""
     if not active():
         return values
-    values = values.clone()
-    dist.all_reduce(values)
-    return values
+    # NCCL reduces only CUDA tensors; the evaluation's sums are kept on the CPU
+    on_gpu = dist.get_backend() == "nccl" and values.device.type != "cuda"
+    work = values.to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else values.clone()
+    dist.all_reduce(work)
+    return work.to(values.device)
 
 
 def gather(obj: Any) -> list[Any]:
