@@ -115,6 +115,34 @@ def test_latent_skip_adds_a_map_of_z_to_every_state_the_output_layer_reads(split
     assert skip.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["lstm_vae", "lstm_lm"])
+def test_uniform_init_bounds_every_weight_and_survives_a_decoder_reset(split, name):
+    # He et al. / Li et al. 2019: weights U(-0.01, 0.01), embeddings U(-0.1, 0.1); torch's LSTM default at 12
+    # units is U(-0.29, 0.29) and its embeddings N(0, 1)
+    from textvae.core.remedies import reset_decoder
+
+    def bounds(model):
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        return [(p.abs().max().item(), 0.1 if id(p) in embeddings else 0.01) for p in model.parameters()]
+
+    model = _model(split, name=name, init="uniform")
+    assert all(largest <= bound for largest, bound in bounds(model))
+    assert max(largest for largest, bound in bounds(model) if bound == 0.01) > 0.009  # drawn, not zeroed
+    pad = split.tokenizer.pad_id
+    assert torch.equal(model.decoder.embedding.weight[pad], torch.zeros(8))
+    assert any(largest > 0.1 for largest, _ in bounds(_model(split, name=name)))  # the default differs
+    if name == "lstm_vae":
+        encoder = model.encoder.weight_hh_l0.clone()
+        reset_decoder(model)  # Li et al.: the decoder re-initialized as at construction, the encoder kept
+        assert all(largest <= bound for largest, bound in bounds(model))
+        assert torch.equal(model.encoder.weight_hh_l0, encoder)
+
+
+def test_an_image_initialization_is_refused_by_lstm_models(split):
+    with pytest.raises(Exception, match="model.init: xavier is for image MLPs"):
+        _model(split, init="xavier")
+
+
 def test_z_changes_the_decoder_output(split):
     model = _model(split).eval()
     batch = split.collate([0])

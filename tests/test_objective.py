@@ -49,6 +49,16 @@ def test_free_bits_dim_gives_no_kl_gradient_below_the_threshold():
     assert torch.equal(mu.grad, torch.zeros_like(mu))
 
 
+def test_free_bits_example_floors_each_dimension_of_each_sentence():
+    # Li et al. 2019's fb=2: a sentence's dimension below the floor counts as the floor and gets no gradient
+    kl = torch.tensor([[0.1, 0.5], [0.3, 0.05]], requires_grad=True)
+    value = free_bits_kl(kl, 0.2, "example")
+    assert value.item() == pytest.approx(((0.2 + 0.5) + (0.3 + 0.2)) / 2)  # 0.6; "dim" gives 0.2 + 0.275
+    assert free_bits_kl(kl, 0.2, "dim").item() == pytest.approx(0.2 + 0.275)
+    value.backward()
+    assert torch.equal(kl.grad, torch.tensor([[0.0, 0.5], [0.5, 0.0]]))
+
+
 def test_free_bits_vector_is_a_target_on_the_total():
     kl = torch.tensor([[0.2, 0.3], [0.4, 0.1]])  # per-example totals 0.5 and 0.5
     assert float(free_bits_kl(kl, 2.0, "vector")) == pytest.approx(2.0)

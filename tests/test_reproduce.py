@@ -102,3 +102,12 @@ def test_a_run_with_its_own_config_trains_from_it_unless_config_is_given(
     assert "hidden_size: 16" in (tmp_path / "own/vae/config.yaml").read_text()  # the suite's config
     assert reproduce.main(["--runs-dir", str(tmp_path / "given"), "--config", str(tiny_config_path), *shared]) == 0
     assert "hidden_size: 16" in (tmp_path / "given/lm/config.yaml").read_text()  # --config is every run's base
+
+
+def test_every_run_of_every_suite_is_a_valid_config(reproduce):
+    # a suite's overrides are checked only when its run starts: a mistyped key or value would surface hours in
+    for suite in reproduce.SUITES.values():
+        for entry in suite.entries:
+            base = ROOT / (entry.config or suite.config)
+            overrides = reproduce.run_config(base, entry, suite.steps, [], suite.overrides, suite.converge)
+            assert any(o.startswith("train.max_steps=") for o in overrides)

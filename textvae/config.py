@@ -74,7 +74,8 @@ class ModelConfig:
     flow: str = "none"  # posterior flow on the Gaussian q(z|x): none | planar | iaf (textvae/core/flows.py)
     flow_layers: int = 2  # flow layers when model.flow is not none
     flow_hidden: int = 64  # IAF: width of each layer's masked (MADE) hidden layer
-    init: str = "default"  # image MLPs: default (torch's) | xavier (Glorot uniform weights, zero biases, as Keras)
+    init: str = "default"  # default (torch's) | xavier (image MLPs: Glorot uniform weights, zero biases, as Keras) |
+    # uniform (lstm_vae, lstm_lm: every weight U(-0.01, 0.01), embeddings U(-0.1, 0.1), as He et al. / Li et al. 2019)
     pretrain_loss: str = "likelihood"  # image models, objective.pretrain_steps: likelihood (the model's own) | mse
     # (squared error of the decoder's output layer, as DEC's autoencoder; a code that clusters better for VaDE)
     pretrain_dropout: float = 0.0  # image models: drop this share of input pixels during pretraining (denoising)
@@ -92,7 +93,8 @@ class ObjectiveConfig:
     cycle_ratio: float = 0.5  # cyclical: share R of each cycle spent increasing
     cycle_total_steps: int = 0  # cyclical: steps the M cycles span; 0 means train.max_steps
     free_bits: float = 0.0  # nats; 0 disables
-    free_bits_mode: str = "dim"  # dim: per dimension over the batch (Kingma et al. 2016) | vector: target KL
+    free_bits_mode: str = "dim"  # dim: per dimension over the batch (Kingma et al. 2016) | example: per dimension and
+    # sentence (Li et al. 2019's released code, fb=2) | vector: target KL
     iw_samples: int = 1  # k > 1 trains on the importance-weighted bound (IWAE, Burda et al. 2015)
     pretrain_steps: int = 0  # first train as a deterministic autoencoder (z = mu, no KL) for this many steps
     reset_decoder: bool = False  # at the end of pretrain_steps, re-initialize the decoder (Li et al. 2019)

@@ -26,13 +26,13 @@ _CHOICES = {
     ("model", "architecture"): ("mlp", "conv"),
     ("model", "activation"): ("tanh", "relu"),
     ("model", "condition"): ("label", "quadrants"),
-    ("model", "init"): ("default", "xavier"),
+    ("model", "init"): ("default", "xavier", "uniform"),
     ("model", "flow"): ("none", "planar", "iaf"),
     ("model", "pretrain_loss"): ("likelihood", "mse"),
     ("model", "mixture_covariance"): ("diag", "full"),
     ("model", "mixture_init"): ("gmm", "umap"),
     ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
-    ("objective", "free_bits_mode"): ("dim", "vector"),
+    ("objective", "free_bits_mode"): ("dim", "example", "vector"),
     ("optim", "name"): ("adam", "sgd"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("fp32", "bf16", "auto"),
@@ -164,7 +164,7 @@ def validate(config: Config) -> Config:
             raise UserError(f"config key objective.{key}: {model.name} has no latent code")
     if objective.bow_weight and entry.family != "text":
         raise UserError("config key objective.bow_weight: the bag-of-words loss is for text models")
-    if model.flow != "none" and objective.free_bits > 0 and objective.free_bits_mode == "dim":
+    if model.flow != "none" and objective.free_bits > 0 and objective.free_bits_mode in ("dim", "example"):
         raise UserError("config key objective.free_bits_mode: free bits per dimension need a per-dimension KL, "
                         "which a flow posterior does not have (use free_bits_mode=vector, a target KL)")  # fmt: skip
     if model.pretrain_loss != "likelihood" and model.architecture != "mlp":

@@ -35,6 +35,8 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
     """The KL term that is optimized, as a batch mean. kl_per_dim: [B, D] -> scalar.
 
     mode "dim": sum_j max(free_bits, mean_batch KL_j) (Kingma et al. 2016, per dimension);
+    mode "example": mean_batch sum_j max(free_bits, KL_ij) (per dimension of each example: the gradient of Li et
+    al. 2019's released fb=2, which masks each example's dimensions below the threshold);
     mode "vector": max(free_bits, mean_batch sum_j KL_j) (a target KL for the whole vector).
     Below the threshold the term is constant, so the encoder gets no pressure towards the prior.
     """
@@ -42,6 +44,8 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
         return kl_per_dim.sum(-1).mean()
     if mode == "dim":
         return kl_per_dim.mean(0).clamp(min=free_bits).sum()
+    if mode == "example":
+        return kl_per_dim.clamp(min=free_bits).sum(-1).mean()
     return kl_per_dim.sum(-1).mean().clamp(min=free_bits)
 
 
@@ -51,7 +55,7 @@ class ElboSettings:
 
     kl_weight: float = 1.0  # beta, the weight of the KL term (of log p(z) - log q(z|x) in the IW bound)
     free_bits: float = 0.0  # nats; 0 disables (see free_bits_kl)
-    free_bits_mode: str = "dim"  # dim | vector (see free_bits_kl)
+    free_bits_mode: str = "dim"  # dim | example | vector (see free_bits_kl)
     iw_samples: int = 1  # k > 1: the importance-weighted bound (Burda et al. 2015)
     sample: bool = True  # False: z = mu, no KL pressure (the autoencoder of objective.pretrain_steps)
     bow_weight: float = 0.0  # weight of the bag-of-words loss (Zhao et al. 2017); 0 disables

@@ -148,6 +148,26 @@ def rnn_gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: f
     ]
 
 
+def uniform_init_(modules: list[nn.Module]) -> None:
+    """He et al. 2019 / Li et al. 2019's initialization (model.init uniform): every weight and bias U(-0.01, 0.01),
+    embeddings U(-0.1, 0.1) with the padding row kept at zero."""
+    with torch.no_grad():
+        for module in modules:
+            for layer in module.modules():
+                if isinstance(layer, nn.Embedding):
+                    layer.weight.uniform_(-0.1, 0.1)
+                    if layer.padding_idx is not None:
+                        layer.weight[layer.padding_idx].zero_()
+                else:
+                    for parameter in layer.parameters(recurse=False):
+                        parameter.uniform_(-0.01, 0.01)
+
+
+def check_init(init: str) -> None:
+    if init not in ("default", "uniform"):
+        raise UserError(f"config key model.init: {init} is for image MLPs; LSTM models take default or uniform")
+
+
 class LSTMDecoder(nn.Module):
     """p(x|z) = prod_t p(x_t | x_<t, z): z sets the initial state and joins every input embedding (with
     model.latent_skip, a linear map of z is also added to every state the output layer reads)."""
@@ -171,6 +191,14 @@ class LSTMDecoder(nn.Module):
         # skip-VAE (Dieng et al. 2019): z reaches every prediction without passing through the recurrence
         skip = latent_dim and config.latent_skip
         self.latent_to_output = nn.Linear(latent_dim, config.hidden_size, bias=False) if skip else None
+        check_init(config.init)
+        self.uniform_init = config.init == "uniform"
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """model.init uniform over torch's defaults; again after a decoder reset (core/remedies.py)."""
+        if self.uniform_init:
+            uniform_init_([self])
 
     @property
     def recurrent(self) -> nn.RNNBase:

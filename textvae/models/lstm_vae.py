@@ -10,7 +10,15 @@ from textvae.config import ModelConfig
 from textvae.core.dropout import Dropout
 from textvae.core.latent import LatentModel
 from textvae.core.posterior import PosteriorHead
-from textvae.models.lstm_lm import CELLS, LSTMDecoder, Shape, rnn_flops_per_token, rnn_gemm_shapes, run_recurrent
+from textvae.models.lstm_lm import (
+    CELLS,
+    LSTMDecoder,
+    Shape,
+    rnn_flops_per_token,
+    rnn_gemm_shapes,
+    run_recurrent,
+    uniform_init_,
+)
 
 
 def pool(outputs: Tensor, counts: Tensor, how: str) -> Tensor:
@@ -38,6 +46,8 @@ class LSTMVAE(LatentModel):
         self.pooling = config.encoder_pooling
         self.to_posterior = PosteriorHead(directions * config.hidden_size, config.latent_dim, config.bn_gamma)
         self.decoder = LSTMDecoder(vocab_size, config, config.latent_dim, pad_id, unk_id, special_ids)
+        if config.init == "uniform":  # the decoder initialized itself
+            uniform_init_([self.embedding, self.encoder, self.to_posterior])
 
     def encode(self, batch) -> tuple[Tensor, Tensor]:
         """q(z|x) from the encoder's summary of the sentence (model.encoder_pooling: its final top-layer
