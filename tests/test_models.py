@@ -138,6 +138,16 @@ def test_uniform_init_bounds_every_weight_and_survives_a_decoder_reset(split, na
         assert torch.equal(model.encoder.weight_hh_l0, encoder)
 
 
+@pytest.mark.parametrize("encoder_dropout", [True, False])
+def test_encoder_dropout_decides_whether_the_encoder_sees_dropped_embeddings(split, encoder_dropout):
+    model = _model(split, embedding_dropout=0.5, encoder_dropout=encoder_dropout).train()
+    batch = split.collate([0, 1, 2])
+    first, second = model.encode(batch)[0], model.encode(batch)[0]
+    assert torch.equal(first, second) != encoder_dropout  # training mode: dropout draws differ between calls
+    z = torch.zeros(3, 1, 3)
+    assert not torch.equal(model.log_likelihood(batch, z), model.log_likelihood(batch, z))  # the decoder's stays
+
+
 def test_an_image_initialization_is_refused_by_lstm_models(split):
     with pytest.raises(Exception, match="model.init: xavier is for image MLPs"):
         _model(split, init="xavier")

@@ -53,6 +53,8 @@ class ModelConfig:
     latent_skip: bool = False  # lstm_vae: z also added (through a linear map) to every decoder state that the output
     # layer reads, a skip connection past the recurrence (skip-VAE, Dieng et al. 2019)
     embedding_dropout: float = 0.0  # dropout on the input embeddings (encoder and decoder), in training only
+    encoder_dropout: bool = True  # lstm_vae: embedding_dropout on the encoder's embeddings too (false: the decoder's
+    # only, as in He et al. / Li et al. 2019's released code)
     output_dropout: float = 0.0  # dropout on the decoder's states before the output layer (Transformer: in blocks)
     word_dropout: float = 0.0  # decoder input tokens replaced by <unk> in training mode (Bowman et al. 2016)
     # Transformer models: embedding_dim is the model width, hidden_size the feed-forward width

@@ -47,10 +47,11 @@ MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         _spec("lstm_vae", "textvae.models.lstm_vae:LSTMVAE", "text", True,
-              (*_RNN, "latent_dim", "bidirectional", "encoder_pooling", "latent_skip", "bn_gamma", *_FLOW)),
+              (*_RNN, "latent_dim", "bidirectional", "encoder_pooling", "encoder_dropout", "latent_skip", "bn_gamma",
+               *_FLOW)),
         _spec("lstm_lm", "textvae.models.lstm_lm:LSTMLM", "text", False, _RNN,
-              tolerates=("latent_dim", "bidirectional", "encoder_pooling", "latent_skip", "flow_layers",
-                         "flow_hidden")),
+              tolerates=("latent_dim", "bidirectional", "encoder_pooling", "encoder_dropout", "latent_skip",
+                         "flow_layers", "flow_hidden")),
         _spec("transformer_vae", "textvae.models.transformer_vae:TransformerVAE", "text", True,
               (*_TRANSFORMER, "latent_dim", "z_injection", "bn_gamma", *_FLOW)),
         _spec("transformer_lm", "textvae.models.transformer_vae:TransformerLM", "text", False, _TRANSFORMER,

@@ -35,7 +35,7 @@ class LSTMVAE(LatentModel):
         self.latent_dim = config.latent_dim
         directions = 2 if config.bidirectional else 1
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=pad_id)
-        self.embedding_dropout = Dropout(config.embedding_dropout)
+        self.embedding_dropout = Dropout(config.embedding_dropout if config.encoder_dropout else 0.0)
         self.encoder = CELLS[config.rnn][0](
             config.embedding_dim,
             config.hidden_size,
