@@ -328,3 +328,24 @@ def test_a_checkpoint_from_before_the_hooks_resumes_with_the_remedies_state(tmp_
     resumed.save(tmp_path / "again.pt")  # written back in the new layout
     again = torch.load(tmp_path / "again.pt", weights_only=True)
     assert again["hooks"]["aggressive"]["encoder_steps"] == 7 and "encoder_steps" not in again["position"]
+
+
+@pytest.mark.parametrize("reload_best", [True, False])
+def test_a_plateau_decay_can_go_back_to_the_best_weights(tmp_path, reload_best):
+    # He et al. / Li et al. 2019 reload the best checkpoint at each LR halving: validation at step 2 is the best
+    # (best.pt), at step 4 worse, which halves the LR (patience 0) and, with optim.reload_best, restores step 2's
+    # weights and optimizer state with the new LR
+    config = config_lib.from_dict({
+        "objective": {"kl_schedule": "constant"},
+        "train": {"max_steps": 4, "eval_every": 2, "device": "cpu", "collapse_patience": 0, "early_stopping": 0},
+        "optim": {"name": "sgd", "lr": 0.1, "lr_decay": 0.5, "lr_patience": 0, "reload_best": reload_best},
+    })  # fmt: skip
+    torch.manual_seed(0)
+    nelbos = iter([1.0, 2.0])
+    trainer = Trainer(_TinyVAE(), _Source(), lambda m: {"nelbo": next(nelbos), "kl": 1.0}, config, tmp_path,
+                      torch.device("cpu"))  # fmt: skip
+    trainer.fit()
+    best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)
+    assert best["position"]["step"] == 2 and trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    same = [torch.equal(value, best["model"][key]) for key, value in trainer.model.state_dict().items()]
+    assert all(same) if reload_best else not any(same)

@@ -115,6 +115,7 @@ class Trainer:
             raise UserError(f"{self.last_path}: checkpoint is of another model or vocabulary") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.patience = self.config.optim.lr_patience  # the config's rule, not the state's copy of it
         fields = {field.name for field in dataclasses.fields(Position)}
         self.position = Position(**{key: value for key, value in state["position"].items() if key in fields})
         self.seconds = float(state.get("seconds", 0.0))
@@ -248,8 +249,10 @@ class Trainer:
         step, main = self.position.step, self.rank == 0
         metrics = self.evaluate_fn(self.model)
         seconds = self._tick()  # the training clock when this result was known, kept by the checkpoint after it
+        lr = self.optimizer.param_groups[0]["lr"]
         if scheduled and self.config.optim.lr_decay < 1.0:  # optim.lr_decay 1 disables the plateau decay
             self.scheduler.step(metrics["nelbo"])
+        decayed = self.optimizer.param_groups[0]["lr"] < lr
         texts = self.report_text(self.model) if main and self.report_text else {}
         images = self.report_images(self.model) if main and self.report_images else {}
         logs.evaluation(self.run_dir if main else None, step, self.position.epoch, metrics,
@@ -261,5 +264,18 @@ class Trainer:
             self.save(self.best_path)
         elif scheduled:
             self.position.bad_evals += 1
+        if decayed and self.config.optim.reload_best and self.best_path.is_file():
+            self._reload_best()
         logs.flush(step, metrics)
         return metrics
+
+    def _reload_best(self) -> None:
+        """Back to best.pt's weights and optimizer state, keeping the LR the plateau decay just set."""
+        best = load_checkpoint(self.best_path)
+        self.model.load_state_dict(best["model"])
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(best["optimizer"])
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        log.info("step %d: LR decayed to %g; weights of best.pt (step %d) reloaded", self.position.step, lrs[0],
+                 best["position"]["step"])  # fmt: skip
