@@ -75,6 +75,22 @@ def test_kl_weight_scales_only_the_kl_term():
     assert float((half.loss - zero.loss).detach()) == pytest.approx(0.5 * float(zero.kl.detach().mean()), rel=1e-5)
 
 
+def test_pretraining_can_draw_z_from_the_posterior_at_kl_weight_zero():
+    # Li et al.'s text_beta.py --beta 0: the autoencoder is a VAE with the KL weight at 0, z drawn from q(z|x)
+    config = config_lib.from_dict({"objective": {"pretrain_steps": 4, "pretrain_sample": True, "free_bits": 0.5},
+                                   "train": {"max_steps": 100}})  # fmt: skip
+    model, batch = _model()
+    objective = Objective(model, config)
+    assert objective.settings(3) == ElboSettings(kl_weight=0.0, free_bits=0.5, sample=True)
+    torch.manual_seed(0)
+    out = objective(batch, 3)
+    torch.manual_seed(0)
+    drawn = elbo(model, batch, ElboSettings(kl_weight=0.0, free_bits=0.5, sample=True))
+    assert torch.equal(out["loss"], drawn.rec.mean())  # no KL term, the reconstruction of a drawn z
+    deterministic = elbo(model, batch, ElboSettings(kl_weight=0.0, sample=False))
+    assert not torch.equal(out["rec"], deterministic.rec)
+
+
 def test_the_objective_asks_its_schedule_for_the_weight_after_pretraining():
     config = config_lib.from_dict({"objective": {"kl_schedule": "linear", "kl_start": 0.0, "warmup_steps": 10,
                                                  "pretrain_steps": 4, "free_bits": 0.5, "bow_weight": 0.0},

@@ -100,6 +100,8 @@ class ObjectiveConfig:
     iw_samples: int = 1  # k > 1 trains on the importance-weighted bound (IWAE, Burda et al. 2015)
     pretrain_steps: int = 0  # first train as a deterministic autoencoder (z = mu, no KL) for this many steps
     reset_decoder: bool = False  # at the end of pretrain_steps, re-initialize the decoder (Li et al. 2019)
+    pretrain_sample: bool = False  # pretraining draws z from q(z|x) with KL weight 0 (a beta = 0 VAE, as Li et al.'s
+    # released text_beta.py --beta 0) instead of decoding z = mu
     aggressive: bool = False  # aggressive inference-network training (He et al. 2019) until validation MI stops rising
     aggressive_max_inner: int = 100  # most encoder-only steps before each decoder step
     aggressive_window: int = 15  # encoder-only steps per window; the inner loop stops when a window's loss rises

@@ -116,14 +116,15 @@ class Objective(nn.Module):
         self.schedule = KLSchedule(config.objective, config.train.max_steps)
 
     def settings(self, step: int) -> ElboSettings:
-        """The ELBO's settings at the 0-based global `step`: an autoencoder (z = mu, weight 0) while pretraining."""
+        """The ELBO's settings at the 0-based global `step`: an autoencoder while pretraining (weight 0; z = mu,
+        or drawn from q with objective.pretrain_sample)."""
         objective = self.objective_config
         return ElboSettings(
             kl_weight=self.schedule(step),
             free_bits=objective.free_bits,
             free_bits_mode=objective.free_bits_mode,
             iw_samples=objective.iw_samples,
-            sample=not self.schedule.pretraining(step),
+            sample=objective.pretrain_sample or not self.schedule.pretraining(step),
             bow_weight=objective.bow_weight,
         )
 
