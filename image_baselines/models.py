@@ -92,7 +92,7 @@ class ImageVAE(LatentModel):
         self.posterior = nn.Linear(sizes[-1], 2 * config.latent_dim)
         self.pretrain_mse = config.pretrain_loss == "mse"
         self.pretrain_dropout = config.pretrain_dropout
-        if config.init == "uniform":
+        if config.init in ("uniform", "uniform_decoder"):
             raise UserError(
                 "config key model.init: uniform is for LSTM text models; image models take default or xavier"
             )

@@ -148,6 +148,12 @@ def test_encoder_dropout_decides_whether_the_encoder_sees_dropped_embeddings(spl
     assert not torch.equal(model.log_likelihood(batch, z), model.log_likelihood(batch, z))  # the decoder's stays
 
 
+def test_uniform_decoder_init_leaves_the_encoder_at_torchs_default(split):
+    model = _model(split, init="uniform_decoder")
+    assert all(p.abs().max() <= 0.1 for p in model.decoder.parameters())
+    assert model.encoder.weight_hh_l0.abs().max() > 0.1  # torch's U(-1/sqrt(12), 1/sqrt(12))
+
+
 def test_an_image_initialization_is_refused_by_lstm_models(split):
     with pytest.raises(Exception, match="model.init: xavier is for image MLPs"):
         _model(split, init="xavier")

@@ -78,6 +78,7 @@ class ModelConfig:
     flow_hidden: int = 64  # IAF: width of each layer's masked (MADE) hidden layer
     init: str = "default"  # default (torch's) | xavier (image MLPs: Glorot uniform weights, zero biases, as Keras) |
     # uniform (lstm_vae, lstm_lm: every weight U(-0.01, 0.01), embeddings U(-0.1, 0.1), as He et al. / Li et al. 2019)
+    # | uniform_decoder (the decoder so, the encoder torch's default)
     pretrain_loss: str = "likelihood"  # image models, objective.pretrain_steps: likelihood (the model's own) | mse
     # (squared error of the decoder's output layer, as DEC's autoencoder; a code that clusters better for VaDE)
     pretrain_dropout: float = 0.0  # image models: drop this share of input pixels during pretraining (denoising)

@@ -26,7 +26,7 @@ _CHOICES = {
     ("model", "architecture"): ("mlp", "conv"),
     ("model", "activation"): ("tanh", "relu"),
     ("model", "condition"): ("label", "quadrants"),
-    ("model", "init"): ("default", "xavier", "uniform"),
+    ("model", "init"): ("default", "xavier", "uniform", "uniform_decoder"),
     ("model", "flow"): ("none", "planar", "iaf"),
     ("model", "pretrain_loss"): ("likelihood", "mse"),
     ("model", "mixture_covariance"): ("diag", "full"),

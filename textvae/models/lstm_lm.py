@@ -164,8 +164,9 @@ def uniform_init_(modules: list[nn.Module]) -> None:
 
 
 def check_init(init: str) -> None:
-    if init not in ("default", "uniform"):
-        raise UserError(f"config key model.init: {init} is for image MLPs; LSTM models take default or uniform")
+    if init not in ("default", "uniform", "uniform_decoder"):
+        raise UserError(f"config key model.init: {init} is for image MLPs; LSTM models take default, uniform or "
+                        "uniform_decoder")  # fmt: skip
 
 
 class LSTMDecoder(nn.Module):
@@ -192,7 +193,7 @@ class LSTMDecoder(nn.Module):
         skip = latent_dim and config.latent_skip
         self.latent_to_output = nn.Linear(latent_dim, config.hidden_size, bias=False) if skip else None
         check_init(config.init)
-        self.uniform_init = config.init == "uniform"
+        self.uniform_init = config.init in ("uniform", "uniform_decoder")
         self.init_weights()
 
     def init_weights(self) -> None:
