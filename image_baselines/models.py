@@ -18,7 +18,6 @@ from textvae.config import ModelConfig, hidden_sizes
 from textvae.core.flows import attach_flow
 from textvae.core.gaussian import bound_logvar, kl_normal, log_normal
 from textvae.core.latent import LatentModel
-from textvae.errors import UserError
 
 NUM_CLASSES = 10
 
@@ -92,10 +91,6 @@ class ImageVAE(LatentModel):
         self.posterior = nn.Linear(sizes[-1], 2 * config.latent_dim)
         self.pretrain_mse = config.pretrain_loss == "mse"
         self.pretrain_dropout = config.pretrain_dropout
-        if config.init in ("uniform", "uniform_decoder"):
-            raise UserError(
-                "config key model.init: uniform is for LSTM text models; image models take default or xavier"
-            )
         if config.init == "xavier":
             for layer in self.modules():
                 if isinstance(layer, nn.Linear):

@@ -144,7 +144,7 @@ LM_LARGE, VAE_LARGE = "configs/text/ptb_lstm_lm_large.yaml", "configs/text/ptb_l
 PAPER = [
     Entry("lm", "LSTM LM", lambda s: [], config=LM_PAPER),
     Entry("anneal", "VAE + linear annealing", lambda s: _paper_vae()),
-    # Li et al. 2019: the autoencoder first (z = mu, no KL), the decoder re-initialized, then the VAE with free bits
+    # Li et al. 2019: the autoencoder first (z drawn at KL weight 0), the decoder re-initialized, then free bits
     Entry("pretrain_fb", "AE pretraining + decoder reset + free bits λ=5",
           lambda s: _paper_vae(PAPER_FREE_BITS, f"objective.pretrain_steps={PAPER_PRETRAIN}",
                                "objective.pretrain_sample=true", "objective.reset_decoder=true",

@@ -154,9 +154,16 @@ def test_uniform_decoder_init_leaves_the_encoder_at_torchs_default(split):
     assert model.encoder.weight_hh_l0.abs().max() > 0.1  # torch's U(-1/sqrt(12), 1/sqrt(12))
 
 
-def test_an_image_initialization_is_refused_by_lstm_models(split):
-    with pytest.raises(Exception, match="model.init: xavier is for image MLPs"):
-        _model(split, init="xavier")
+@pytest.mark.parametrize(
+    "name,init",
+    [("lstm_vae", "xavier"), ("lstm_lm", "xavier"), ("image_vae", "uniform"), ("image_vae", "uniform_decoder")],
+)
+def test_an_initialization_of_the_other_family_is_refused(name, init):
+    from textvae import config as config_lib
+
+    with pytest.raises(Exception, match=f"model.init: {init} is for the .* models, not {name}"):
+        config_lib.from_dict({"model": {"name": name, "init": init}})
+    config_lib.from_dict({"model": {"name": name, "init": "default"}})  # the default is every family's
 
 
 def test_z_changes_the_decoder_output(split):

@@ -140,6 +140,10 @@ def validate(config: Config) -> Config:
         raise UserError("config key data.corpus: empty (a known corpus name or a path)")
     model, entry = config.model, registry.spec(config.model.name)
     _check_model_keys(model)
+    families = {"xavier": "image", "uniform": "text", "uniform_decoder": "text"}  # model.init default: any family
+    if "init" in entry.reads and families.get(model.init, entry.family) != entry.family:
+        raise UserError(f"config key model.init: {model.init} is for the {families[model.init]} models, not "
+                        f"{model.name}")  # fmt: skip
     if not 0.0 < config.optim.lr_decay <= 1.0:
         raise UserError(f"config key optim.lr_decay: must be in (0, 1] (1 disables), got {config.optim.lr_decay}")
     if "num_heads" in entry.reads and model.embedding_dim % model.num_heads:

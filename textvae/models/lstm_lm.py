@@ -163,12 +163,6 @@ def uniform_init_(modules: list[nn.Module]) -> None:
                         parameter.uniform_(-0.01, 0.01)
 
 
-def check_init(init: str) -> None:
-    if init not in ("default", "uniform", "uniform_decoder"):
-        raise UserError(f"config key model.init: {init} is for image MLPs; LSTM models take default, uniform or "
-                        "uniform_decoder")  # fmt: skip
-
-
 class LSTMDecoder(nn.Module):
     """p(x|z) = prod_t p(x_t | x_<t, z): z sets the initial state and joins every input embedding (with
     model.latent_skip, a linear map of z is also added to every state the output layer reads)."""
@@ -192,7 +186,6 @@ class LSTMDecoder(nn.Module):
         # skip-VAE (Dieng et al. 2019): z reaches every prediction without passing through the recurrence
         skip = latent_dim and config.latent_skip
         self.latent_to_output = nn.Linear(latent_dim, config.hidden_size, bias=False) if skip else None
-        check_init(config.init)
         self.uniform_init = config.init in ("uniform", "uniform_decoder")
         self.init_weights()
 
