@@ -303,8 +303,8 @@ def test_early_stopping_waits_for_the_end_of_autoencoder_pretraining(tmp_path):
     })  # fmt: skip
     torch.manual_seed(0)
     nelbos = iter([1.0, 2.0, 3.0, 4.0, 3.5, 3.8, 3.0, 3.0, 3.0, 3.0])
-    trainer = Trainer(_TinyVAE(), _Source(), lambda m: {"nelbo": next(nelbos), "kl": 1.0}, config, tmp_path,
-                      torch.device("cpu"))  # fmt: skip
+    trainer = Trainer(_TinyVAE(), _Source(), lambda m: {"nelbo": (nelbo := next(nelbos)), "rec": nelbo, "kl": 1.0},
+                      config, tmp_path, torch.device("cpu"))  # fmt: skip
     trainer.fit()
     # from step 8 on, the VAE phase: 4.0, 3.5 (step 10, a new best), 3.8 (step 12, one bad evaluation: stop)
     assert trainer.position.step == 12
@@ -349,3 +349,43 @@ def test_a_plateau_decay_can_go_back_to_the_best_weights(tmp_path, reload_best):
     assert best["position"]["step"] == 2 and trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     same = [torch.equal(value, best["model"][key]) for key, value in trainer.model.state_dict().items()]
     assert all(same) if reload_best else not any(same)
+
+
+def _lrs_after_fit(tmp_path, optim, objective, metrics):
+    """Train the tiny VAE for 8 steps with a validation every step that returns `metrics` in turn; -> the LR after
+    each evaluation and the trainer."""
+    config = config_lib.from_dict({
+        "objective": {"kl_schedule": "constant", **objective},
+        "train": {"max_steps": 8, "eval_every": 1, "device": "cpu", "collapse_patience": 0, "early_stopping": 0},
+        "optim": {"name": "sgd", "lr": 0.1, "lr_decay": 0.5, "lr_patience": 0, **optim},
+    })  # fmt: skip
+    lrs, values = [], iter(metrics)
+
+    def evaluate(model):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])  # the LR the step before this evaluation trained with
+        return next(values)
+
+    trainer = Trainer(_TinyVAE(), _Source(), evaluate, config, tmp_path, torch.device("cpu"))
+    trainer.fit()
+    return lrs[1:] + [trainer.optimizer.param_groups[0]["lr"]], trainer
+
+
+def test_no_plateau_decay_before_optim_lr_decay_from_step(tmp_path):
+    # validation worsens at every evaluation: with patience 0 each evaluation halves the LR, but not those before
+    # step 5 (Li et al. 2019 halve nothing before epoch 15): the first to count is step 5's, the first halving
+    # step 6's (against step 5's best)
+    worse = [{"nelbo": float(i), "rec": float(i), "kl": 1.0} for i in range(1, 9)]
+    lrs, _ = _lrs_after_fit(tmp_path / "from5", {"lr_decay_from_step": 5}, {}, worse)
+    assert lrs == pytest.approx([0.1] * 5 + [0.05, 0.025, 0.0125])
+    lrs, _ = _lrs_after_fit(tmp_path / "from0", {}, {}, worse)
+    assert lrs == pytest.approx([0.1, 0.05, 0.025, 0.0125, 0.00625, 0.003125, 0.0015625, 0.00078125])
+
+
+def test_the_plateau_decay_follows_the_reconstruction_while_the_autoencoder_is_pretrained(tmp_path):
+    # autoencoder pretraining trains the reconstruction alone (KL weight 0): its KL grows while rec falls, so the
+    # -ELBO worsens at each validation; the LR must not halve, and best.pt is the best autoencoder
+    metrics = [{"nelbo": 10.0 + i, "rec": 10.0 - i, "kl": 2.0 * i} for i in range(8)]
+    lrs, trainer = _lrs_after_fit(tmp_path, {}, {"pretrain_steps": 20}, metrics)
+    assert lrs == pytest.approx([0.1] * 8)
+    best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)
+    assert best["position"]["step"] == 8 and trainer.position.best == pytest.approx(3.0)

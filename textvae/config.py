@@ -120,8 +120,10 @@ class OptimConfig:
     lr_decay: float = 0.5  # factor applied when validation stops improving; 1 disables
     lr_patience: int = 2  # evaluations without improvement before a decay
     min_lr: float = 1e-5  # the plateau decay stops here
-    reload_best: bool = False  # at each plateau decay, go back to the weights and optimizer state of best.pt (as
-    # He et al. / Li et al. 2019's released code does), the new LR kept
+    lr_decay_from_step: int = 0  # evaluations before this global step neither count as stalls nor decay the LR (Li
+    # et al. 2019 halve no LR before epoch 15 of the VAE); 0: from the first
+    reload_best: bool = False  # at each plateau decay, go back to the weights and optimizer state of best.pt, the
+    # new LR kept (as He et al. / Li et al. 2019's released code does)
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps (Transformers); 0 disables
 
 

@@ -250,8 +250,11 @@ class Trainer:
         metrics = self.evaluate_fn(self.model)
         seconds = self._tick()  # the training clock when this result was known, kept by the checkpoint after it
         lr = self.optimizer.param_groups[0]["lr"]
-        if scheduled and self.config.optim.lr_decay < 1.0:  # optim.lr_decay 1 disables the plateau decay
-            self.scheduler.step(metrics["nelbo"])
+        # the objective being trained: the reconstruction term while the autoencoder is pretrained (KL weight 0)
+        target = metrics["rec"] if self.objective.schedule.pretraining(step) else metrics["nelbo"]
+        optim = self.config.optim
+        if scheduled and optim.lr_decay < 1.0 and step >= optim.lr_decay_from_step:  # lr_decay 1: no plateau decay
+            self.scheduler.step(target)
         decayed = self.optimizer.param_groups[0]["lr"] < lr
         texts = self.report_text(self.model) if main and self.report_text else {}
         images = self.report_images(self.model) if main and self.report_images else {}
@@ -259,12 +262,12 @@ class Trainer:
                         self.optimizer.param_groups[0]["lr"], texts, images, seconds)  # fmt: skip
         for hook in self.hooks if scheduled else ():
             hook.after_evaluation(step, metrics, logs.writer)
-        if scheduled and metrics["nelbo"] < self.position.best:
-            self.position.best, self.position.bad_evals = metrics["nelbo"], 0
+        if scheduled and target < self.position.best:
+            self.position.best, self.position.bad_evals = target, 0
             self.save(self.best_path)
         elif scheduled:
             self.position.bad_evals += 1
-        if decayed and self.config.optim.reload_best and self.best_path.is_file():
+        if decayed and optim.reload_best and self.best_path.is_file():
             self._reload_best()
         logs.flush(step, metrics)
         return metrics
