@@ -158,6 +158,10 @@ def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: st
         f"| run | steps | nll | ppl | nelbo | kl | mi | au |{gap_columns} train time | tokens/s |",
         "|---|---|---|---|---|---|---|---|" + "---|---|---|" * bool(suite.gaps) + "---|---|",
     ]
+    if suite.converge:
+        rows[0] = rows[0].replace(f"every run {steps:,} steps", f"every run trained until early stopping, at most "
+                                  f"{steps:,} steps")  # fmt: skip
+        rows[0] += " steps: the best checkpoint's step of the steps trained, and the epoch of the last evaluation."
     if suite.published:
         rows[0] += f" The published column: {PAPER_SOURCE} (ppl / nll / kl / mi / au)."
         rows[2] += " published |"
@@ -176,8 +180,13 @@ def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: st
             g = m["gaps"]
             refined = f"{-g['log_px_refined']:.2f}" if "log_px_refined" in g else "–"  # older reports lack it
             gaps = f" {refined} | {g['approximation_gap']:.2f} | {g['amortization_gap']:.2f} |"
+        steps_cell = f"{run_steps:,}"
+        if suite.converge:  # the budget was a cap: the best checkpoint's step of the steps trained
+            trained = trained_steps(runs_dir / entry.name)
+            best = m.get("checkpoint_step")
+            steps_cell = f"{best:,} of {trained[0]:,} (epoch {trained[1]})" if best and trained else steps_cell
         rows.append(
-            f"| {entry.label} | {run_steps:,} | {m['nll']:.2f} | {ppl} | {m['nelbo']:.2f} | {m['kl']:.2f} "
+            f"| {entry.label} | {steps_cell} | {m['nll']:.2f} | {ppl} | {m['nelbo']:.2f} | {m['kl']:.2f} "
             f"| {m['mi']:.2f} | {m['au']} |{gaps} {m['train_s'] / 60:.0f} min | {m['tokens_per_s']:,.0f} |"
             + (f" {published(suite, entry.name)} |" if suite.published else "")
         )
@@ -187,6 +196,16 @@ def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: st
         rows[-1] += (" nll: importance sampling from the encoder's posterior; nll (q*): from the SVI-refined one"
                      " (–: a report from before it was computed). The gaps use the lower of the two.")  # fmt: skip
     return "\n".join(rows) + "\n"
+
+
+def trained_steps(run_dir: Path) -> tuple[int, int] | None:
+    """(step, 1-based epoch) of a run's last evaluation, from its metrics.jsonl; None before its first."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    if not lines:
+        return None
+    last = json.loads(lines[-1])
+    return int(last["step"]), int(last.get("epoch", 0)) + 1
 
 
 def published(suite: Suite, name: str) -> str:

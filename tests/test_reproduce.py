@@ -111,3 +111,18 @@ def test_every_run_of_every_suite_is_a_valid_config(reproduce):
             base = ROOT / (entry.config or suite.config)
             overrides = reproduce.run_config(base, entry, suite.steps, [], suite.overrides, suite.converge)
             assert any(o.startswith("train.max_steps=") for o in overrides)
+
+
+def test_a_run_to_convergence_reports_its_best_step_of_the_steps_trained(reproduce, tmp_path):
+    # the suite's step budget is only a cap there: the row shows where the best checkpoint was and how far it ran
+    suite = dataclasses.replace(reproduce.SUITES["ptb_paper"], entries=[reproduce.Entry("lm", "LM", lambda s: [])])
+    run = tmp_path / "lm"
+    run.mkdir()
+    result = {"nll": 101.0, "ppl": 100.5, "nelbo": 101.0, "kl": 0.0, "mi": 0.0, "au": 0, "train_s": 600.0,
+              "tokens_per_s": 3500.0, "checkpoint_step": 26300}  # fmt: skip
+    (run / "test_iw500.json").write_text(json.dumps(result))
+    evaluations = [{"step": step, "epoch": step // 1315 - 1, "metrics": {}} for step in (26300, 27615, 28930)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations))
+    text = reproduce.table(suite, tmp_path, 500, 150000, "python scripts/reproduce.py", None)
+    assert "| LM | 26,300 of 28,930 (epoch 22) | 101.00 | 100.5 |" in text
+    assert "trained until early stopping, at most 150,000 steps" in text
