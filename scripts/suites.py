@@ -121,23 +121,24 @@ LARGE_EPOCH = 640
 LARGE = ("train.max_tokens=1600", "optim.lr=0.001", f"train.eval_every={LARGE_EPOCH * 5 // 4}")
 
 
-def _paper_vae(free_bits: float = 0.0, *extra: str) -> list[str]:
-    """The published recipe's VAE with every remedy key set explicitly (linear KL annealing from 0 over 10
-    epochs)."""
+def _annealed_vae(epoch: int, kl_start: float, free_bits_mode: str, free_bits: float, *extra: str) -> list[str]:
+    """An LSTM VAE with every remedy key set explicitly: the KL weight linear from `kl_start` to 1 over 10 epochs
+    of `epoch` steps, free bits in `free_bits_mode`, no word dropout."""
     return [
-        "model.name=lstm_vae", "objective.kl_schedule=linear", "objective.kl_start=0.0", "objective.kl_weight=1.0",
-        f"objective.warmup_steps={10 * PAPER_EPOCH}", f"objective.free_bits={free_bits}",
-        "objective.free_bits_mode=example", "model.word_dropout=0.0", *extra,
+        "model.name=lstm_vae", "objective.kl_schedule=linear", f"objective.kl_start={kl_start}",
+        "objective.kl_weight=1.0", f"objective.warmup_steps={10 * epoch}", f"objective.free_bits={free_bits}",
+        f"objective.free_bits_mode={free_bits_mode}", "model.word_dropout=0.0", *extra,
     ]  # fmt: skip
+
+
+def _paper_vae(free_bits: float = 0.0, *extra: str) -> list[str]:
+    """The published recipe's VAE: annealing from 0, free bits per dimension of each sentence."""
+    return _annealed_vae(PAPER_EPOCH, 0.0, "example", free_bits, *extra)
 
 
 def _large_vae(free_bits: float = 0.0, *extra: str) -> list[str]:
-    """The large config's VAE (linear annealing from 0.1 over ~10 epochs, free bits per dimension over the batch)."""
-    return [
-        *LARGE, "model.name=lstm_vae", "objective.kl_schedule=linear", "objective.kl_start=0.1",
-        "objective.kl_weight=1.0", f"objective.warmup_steps={10 * LARGE_EPOCH}", f"objective.free_bits={free_bits}",
-        "objective.free_bits_mode=dim", "model.word_dropout=0.0", *extra,
-    ]  # fmt: skip
+    """The large config's VAE: annealing from 0.1, free bits per dimension over the batch."""
+    return [*LARGE, *_annealed_vae(LARGE_EPOCH, 0.1, "dim", free_bits, *extra)]
 
 
 LM_PAPER = "configs/text/ptb_lstm_lm_paper.yaml"
