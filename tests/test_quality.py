@@ -2,7 +2,9 @@
 corpus, and the `evaluate --reconstruction --interpolation` and `probe` commands on a tiny trained run."""
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +165,37 @@ def test_probe_without_labels_is_one_line(tiny_config_path, corpus_dir, tmp_path
     assert main(["probe", str(tmp_path / "run"), "--labels", "10"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("textvae: error: corpus 'corpus' has no labels for its train split")
+
+
+def _write_labeled(directory, split, rows):
+    directory.mkdir(exist_ok=True)
+    (directory / f"{split}.txt").write_text("".join(f"{s}\n" for s, _ in rows))
+    (directory / f"{split}.labels").write_text("".join(f"{y}\n" for _, y in rows))
+
+
+def test_bag_of_words_reference_separates_words_that_carry_the_label_and_not_noise(tmp_path):
+    """scripts/probe_bow_reference.py: 100% where one word names the label; chance where the words are shuffled
+    labels' noise (the same sentences, labels drawn independently)."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+
+    def rows(count, informative):
+        out = []
+        for _ in range(count):
+            label = int(rng.integers(2))
+            filler = " ".join(rng.choice(words, 5))
+            out.append((f"{filler} {'good' if label else 'bad'}" if informative else filler, label))
+        return out
+
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts/probe_bow_reference.py")]
+    for informative, low, high in ((True, 1.0, 1.0), (False, 0.35, 0.65)):
+        corpus = tmp_path / f"c{informative}"
+        _write_labeled(corpus, "train", rows(400, informative))
+        _write_labeled(corpus, "test", rows(300, informative))
+        result = subprocess.run([*script, "--corpus-dir", str(corpus), "--labels", "200", "--seeds", "1", "--json"],
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        accuracy = json.loads(result.stdout)["accuracy"]
+        assert low <= accuracy["200"]["median"] <= high, (informative, accuracy)
+    (tmp_path / "c_missing").mkdir()
+    result = subprocess.run([*script, "--corpus-dir", str(tmp_path / "c_missing")], capture_output=True, text=True)
+    assert result.returncode != 0 and result.stderr.strip().startswith("error:") and "train.labels" in result.stderr
