@@ -159,8 +159,8 @@ def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: st
         "|---|---|---|---|---|---|---|---|" + "---|---|---|" * bool(suite.gaps) + "---|---|",
     ]
     if suite.converge:
-        rows[0] = rows[0].replace(f"every run {steps:,} steps", f"every run trained until early stopping, at most "
-                                  f"{steps:,} steps")  # fmt: skip
+        rows[0] = rows[0].replace(f"every run {steps:,} steps", f"every run trained until early stopping (or as "
+                                  f"many LR decays as its optim.max_decays), at most {steps:,} steps")  # fmt: skip
         rows[0] += " steps: the best checkpoint's step of the steps trained, and the epoch of the last evaluation."
     if suite.published:
         rows[0] += f" The published column: {PAPER_SOURCE} (ppl / nll / kl / mi / au)."

@@ -14,7 +14,7 @@ from textvae.core.evaluation import evaluate
 from textvae.core.latent import LatentModel
 from textvae.core.objective import ElboSettings, elbo
 from textvae.core.remedies import AggressiveTraining, CollapseMonitor, reset_decoder, split_parameters
-from textvae.core.trainer import Trainer
+from textvae.core.trainer import Trainer, decays_in
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.dispatch import train
@@ -389,3 +389,45 @@ def test_the_plateau_decay_follows_the_reconstruction_while_the_autoencoder_is_p
     assert lrs == pytest.approx([0.1] * 8)
     best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)
     assert best["position"]["step"] == 8 and trainer.position.best == pytest.approx(3.0)
+
+
+def test_training_stops_at_the_evaluation_that_makes_optim_max_decays_decays(tmp_path):
+    # validation worsens after step 1: with patience 0 steps 2, 3, 4 ... each halve the LR. He et al. / Li et al.
+    # 2019's released code stops at the fifth halving (max_decay = 5); here at the third, step 4
+    worse = [{"nelbo": float(i), "rec": float(i), "kl": 1.0} for i in range(1, 9)]
+    lrs, trainer = _lrs_after_fit(tmp_path / "three", {"max_decays": 3}, {}, worse)
+    assert trainer.position.step == 4 and trainer.position.decays == 3
+    assert lrs == pytest.approx([0.1, 0.05, 0.025, 0.0125])
+    _, unlimited = _lrs_after_fit(tmp_path / "none", {}, {}, worse)
+    assert unlimited.position.step == 8 and unlimited.position.decays == 7
+
+
+def test_the_decays_of_autoencoder_pretraining_do_not_count_towards_max_decays(tmp_path):
+    # the autoencoder's evaluations (steps 1-3) worsen twice (two decays); the VAE phase, from step 4's evaluation,
+    # starts its count afresh: best at step 4, its first decay at step 5 stops a max_decays = 1 run there (the
+    # autoencoder's decays counted would stop it at step 4)
+    metrics = [{"nelbo": 10.0, "rec": float(i), "kl": 1.0} for i in range(1, 4)] + [
+        {"nelbo": 20.0 + i, "rec": 1.0, "kl": 1.0} for i in range(5)
+    ]
+    _, trainer = _lrs_after_fit(tmp_path, {"max_decays": 1}, {"pretrain_steps": 4}, metrics)
+    assert trainer.position.step == 5 and trainer.position.decays == 1
+
+
+def test_a_checkpoint_without_the_decay_count_resumes_with_the_count_its_lr_implies(tmp_path):
+    worse = [{"nelbo": float(i), "rec": float(i), "kl": 1.0} for i in range(1, 9)]
+    _, trainer = _lrs_after_fit(tmp_path, {}, {}, worse)  # 8 steps, 7 halvings: LR 0.1 / 2^7
+    assert decays_in(0.1 / 2**7, trainer.config.optim) == 7 and decays_in(0.1, trainer.config.optim) == 0
+    assert decays_in(0.001, config_lib.from_dict({"optim": {"lr": 0.1, "lr_decay": 1.0}}).optim) == 0
+    last = tmp_path / "checkpoints/last.pt"
+    state = torch.load(last, weights_only=False)
+    del state["position"]["decays"]  # as saved before optim.max_decays existed
+    torch.save(state, last)
+    # resumed with max_decays 7 and a larger budget: the count (7) is reached already, so it trains no further
+    config = config_lib.from_dict({
+        "objective": {"kl_schedule": "constant"},
+        "train": {"max_steps": 12, "eval_every": 1, "device": "cpu", "collapse_patience": 0, "early_stopping": 0},
+        "optim": {"name": "sgd", "lr": 0.1, "lr_decay": 0.5, "lr_patience": 0, "max_decays": 7},
+    })  # fmt: skip
+    again = Trainer(_TinyVAE(), _Source(), lambda m: worse[0], config, tmp_path, torch.device("cpu"))
+    again.fit()
+    assert again.position.step == 8 and again.position.decays == 7

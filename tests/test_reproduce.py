@@ -125,4 +125,4 @@ def test_a_run_to_convergence_reports_its_best_step_of_the_steps_trained(reprodu
     (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations))
     text = reproduce.table(suite, tmp_path, 500, 150000, "python scripts/reproduce.py", None)
     assert "| LM | 26,300 of 28,930 (epoch 22) | 101.00 | 100.5 |" in text
-    assert "trained until early stopping, at most 150,000 steps" in text
+    assert "trained until early stopping (or as many LR decays as its optim.max_decays), at most 150,000 steps" in text

@@ -122,6 +122,8 @@ class OptimConfig:
     min_lr: float = 1e-5  # the plateau decay stops here
     lr_decay_from_step: int = 0  # evaluations before this global step neither count as stalls nor decay the LR (Li
     # et al. 2019 halve no LR before epoch 15 of the VAE); 0: from the first
+    max_decays: int = 0  # stop training at the evaluation that makes this many plateau decays (counted from the VAE
+    # phase after autoencoder pretraining), as He et al. / Li et al. 2019's released code stops at the fifth; 0: never
     reload_best: bool = False  # at each plateau decay, go back to the weights and optimizer state of best.pt, the
     # new LR kept (as He et al. / Li et al. 2019's released code does)
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps (Transformers); 0 disables

@@ -46,8 +46,16 @@ class Position:
     batch: int = 0  # batches of this epoch's plan already used
     best: float = math.inf  # best validation objective (nelbo)
     bad_evals: int = 0  # evaluations since the best one
+    decays: int = 0  # plateau decays of the LR in this phase (optim.max_decays)
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
     skipped_in_row: int = 0
+
+
+def decays_in(lr: float, optim: Any) -> int:
+    """How many plateau decays took optim.lr down to `lr` (a checkpoint saved before Position.decays)."""
+    if not 0.0 < optim.lr_decay < 1.0 or lr >= optim.lr:
+        return 0
+    return max(0, round(math.log(lr / optim.lr) / math.log(optim.lr_decay)))
 
 
 class Trainer:
@@ -118,6 +126,8 @@ class Trainer:
         self.scheduler.patience = self.config.optim.lr_patience  # the config's rule, not the state's copy of it
         fields = {field.name for field in dataclasses.fields(Position)}
         self.position = Position(**{key: value for key, value in state["position"].items() if key in fields})
+        if "decays" not in state["position"]:  # saved before optim.max_decays: the count is in the LR
+            self.position.decays = decays_in(self.optimizer.param_groups[0]["lr"], self.config.optim)
         self.seconds = float(state.get("seconds", 0.0))
         self._carried = dict(state.get("hooks") or {})
         # before issue 21 the remedies' state sat in the position; it is theirs now
@@ -181,7 +191,8 @@ class Trainer:
         self.model.to(self.device)
         self.stepper.distribute()
         logs = TrainingLog(self.run_dir, self.position.step, train.max_steps, self.rank == 0, log)
-        metrics, stop, self._window = None, False, TrainWindow()
+        metrics, self._window = None, TrainWindow()
+        stop = self._stop_reason(self.position.step) is not None  # a finished run run again trains no further
         self._clock = monotonic()
         while self.position.step < train.max_steps and not stop:
             self._plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed)
@@ -207,11 +218,7 @@ class Trainer:
                     # An extra evaluation at the last step only reports: the LR schedule, best.pt and early
                     # stopping see the eval_every grid alone, so a run extended later matches a longer one.
                     metrics = self.evaluate(logs, scheduled=evaluated)
-                    # never during autoencoder pretraining: its nelbo is not the objective being trained
-                    stop = out_of_time or (
-                        0 < train.early_stopping <= self.position.bad_evals
-                        and not self.objective.schedule.pretraining(step)
-                    )
+                    stop = out_of_time or self._stop_reason(step) is not None
                 stopping = self.signals.stopping is not None
                 if evaluated or step % (train.checkpoint_every or train.eval_every) == 0 or stopping:
                     self.save(self.last_path)
@@ -223,7 +230,7 @@ class Trainer:
         if stop and 0 < train.max_minutes * 60 <= self.seconds:
             log.info("train.max_minutes (%g) reached at step %d", train.max_minutes, self.position.step)
         elif stop:
-            log.info("early stopping at step %d", self.position.step)
+            log.info("%s at step %d", self._stop_reason(self.position.step), self.position.step)
         self.save(self.last_path)
         logs.close()
         return metrics
@@ -234,8 +241,19 @@ class Trainer:
         for hook in self.hooks:
             hook.end_of_pretraining(self.model)
         self.stepper.restart()
-        self.position.best, self.position.bad_evals = math.inf, 0
+        self.position.best, self.position.bad_evals, self.position.decays = math.inf, 0, 0
         self.save(self.last_path)  # a resumed run never runs the hooks twice
+
+    def _stop_reason(self, step: int) -> str | None:
+        """Why training ends at `step`'s evaluation (train.early_stopping, optim.max_decays), None to go on; never
+        during autoencoder pretraining, whose nelbo is not the objective being trained."""
+        if self.objective.schedule.pretraining(step):
+            return None
+        if 0 < self.config.train.early_stopping <= self.position.bad_evals:
+            return "early stopping"
+        if 0 < self.config.optim.max_decays <= self.position.decays:
+            return f"the LR decayed {self.position.decays} times (optim.max_decays)"
+        return None
 
     def _tick(self) -> float:
         """Add the wall time since the last tick to the run's training clock; -> the clock (seconds)."""
@@ -256,6 +274,7 @@ class Trainer:
         if scheduled and optim.lr_decay < 1.0 and step >= optim.lr_decay_from_step:  # lr_decay 1: no plateau decay
             self.scheduler.step(target)
         decayed = self.optimizer.param_groups[0]["lr"] < lr
+        self.position.decays += decayed
         texts = self.report_text(self.model) if main and self.report_text else {}
         images = self.report_images(self.model) if main and self.report_images else {}
         logs.evaluation(self.run_dir if main else None, step, self.position.epoch, metrics,
