@@ -431,3 +431,26 @@ def test_a_checkpoint_without_the_decay_count_resumes_with_the_count_its_lr_impl
     again = Trainer(_TinyVAE(), _Source(), lambda m: worse[0], config, tmp_path, torch.device("cpu"))
     again.fit()
     assert again.position.step == 8 and again.position.decays == 7
+
+
+def test_the_collapse_warning_of_a_bn_vae_whose_means_fell_below_eps_names_the_cause(caplog):
+    # BN-VAE's floor of D gamma^2 / 2 holds while the means' batch variance is well above batch norm's eps; from
+    # a U(-0.01, 0.01) encoder the KL pressure took it to ~2e-8 on PTB, where the floor is gone: the warning says so
+    from textvae.core.posterior import PosteriorHead
+
+    head = PosteriorHead(8, 4, bn_gamma=0.6)
+    assert head.floor_lost() is None and PosteriorHead(8, 4).floor_lost() is None
+    head.mean_norm.running_var.fill_(2e-8)
+    collapsed = {"kl": 0.19, "mi": 0.01, "au": 0}
+    config = config_lib.from_dict({"train": {"collapse_patience": 2}})
+    messages = []
+    for posterior in (head, PosteriorHead(8, 4, bn_gamma=0.6), None):
+        monitor = CollapseMonitor(config.train, pretrain_steps=0, posterior=posterior)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            for step in (1, 2):
+                monitor.after_evaluation(step, collapsed, _Recorder())
+        messages.append([r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()])
+    assert all(len(m) == 1 for m in messages)
+    assert "batch variance (2.0e-08) is down at batch norm's eps (1e-05)" in messages[0][0]
+    assert "Remedies: KL annealing" in messages[1][0] and "Remedies: KL annealing" in messages[2][0]

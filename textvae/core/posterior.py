@@ -31,6 +31,18 @@ class PosteriorHead(nn.Linear):
             mu = self.bn_gamma * self._normalize(mu) + self.mean_shift
         return mu, bound_logvar(logvar)
 
+    def floor_lost(self) -> str | None:
+        """Why gamma no longer floors the KL, when it does not: the means' running batch variance has fallen to
+        within 100 x batch norm's eps (the normalized means then shrink with it); None while the floor holds."""
+        if self.bn_gamma <= 0:
+            return None
+        variance, eps = float(self.mean_norm.running_var.min()), self.mean_norm.eps
+        if variance >= 100 * eps:
+            return None
+        return (f"with model.bn_gamma the posterior means' batch variance ({variance:.1e}) is down at batch norm's "
+                f"eps ({eps:g}), where gamma no longer floors the KL: start the encoder from torch's initialization "
+                "(model.init default or uniform_decoder), not from U(-0.01, 0.01)")  # fmt: skip
+
     def _normalize(self, mu: Tensor) -> Tensor:
         """Batch statistics in training (a batch of one falls back to the running ones), running ones otherwise."""
         norm = self.mean_norm

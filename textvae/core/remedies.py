@@ -75,7 +75,7 @@ def remedy_hooks(model: nn.Module, config: Config) -> list[Hook]:
         hooks.append(AggressiveTraining(model, objective, config.train.seed))
     if objective.reset_decoder:
         hooks.append(AtEndOfPretraining("decoder_reset", reset_decoder))
-    hooks.append(CollapseMonitor(config.train, objective.pretrain_steps))
+    hooks.append(CollapseMonitor(config.train, objective.pretrain_steps, getattr(model, "to_posterior", None)))
     return hooks
 
 
@@ -165,8 +165,9 @@ class CollapseMonitor(Hook):
 
     name = "collapse_monitor"
 
-    def __init__(self, train: TrainConfig, pretrain_steps: int):
+    def __init__(self, train: TrainConfig, pretrain_steps: int, posterior: nn.Module | None = None):
         self.train, self.pretrain_steps = train, pretrain_steps
+        self.posterior = posterior  # the model's posterior head: a BN-VAE's says when its KL floor is lost
         self.evals = 0  # evaluations in a row with a collapse signal
 
     def after_evaluation(self, step: int, metrics: dict[str, Any], writer: Any) -> None:
@@ -180,11 +181,13 @@ class CollapseMonitor(Hook):
         writer.add_scalar("val/collapsed", float(self.evals >= train.collapse_patience), step)
         if self.evals == train.collapse_patience:
             what = "z stays at the prior" if "kl" in signals else "z carries no information about x, whatever its KL"
+            floor_lost = getattr(self.posterior, "floor_lost", lambda: None)()
+            remedies = floor_lost or ("Remedies: KL annealing, word dropout, free bits, objective.aggressive, "
+                                      "objective.bow_weight (README: Keeping the latent code alive)")  # fmt: skip
             message = (
                 f"step {step}: posterior collapse (signal: {', '.join(name.upper() for name in signals)}): "
                 f"{'; '.join(signals.values())}, a collapse signal at {self.evals} evaluations in a row: "
-                f"{what}; the decoder ignores z. Remedies: KL annealing, word dropout, free bits, "
-                "objective.aggressive, objective.bow_weight (README: Keeping the latent code alive)"
+                f"{what}; the decoder ignores z. {remedies}"
             )
             log.warning("%s", message)
             writer.add_text("val/collapse_warning", message, step)
