@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from textvae.config import Config, to_dict
+from textvae.config import Config, OptimConfig, to_dict
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint, remove_partial_writes, restore_rng, rng_state, save_checkpoint
 from textvae.core.hooks import Hook, StepAccess, load_hook_states
@@ -51,7 +51,7 @@ class Position:
     skipped_in_row: int = 0
 
 
-def decays_in(lr: float, optim: Any) -> int:
+def decays_in(lr: float, optim: OptimConfig) -> int:
     """How many plateau decays took optim.lr down to `lr` (a checkpoint saved before Position.decays)."""
     if not 0.0 < optim.lr_decay < 1.0 or lr >= optim.lr:
         return 0
@@ -227,10 +227,11 @@ class Trainer:
             if self.position.batch >= len(self._plan):
                 self.position.epoch += 1
                 self.position.batch = 0
-        if stop and 0 < train.max_minutes * 60 <= self.seconds:
-            log.info("train.max_minutes (%g) reached at step %d", train.max_minutes, self.position.step)
+        reason = self._stop_reason(self.position.step)
+        if stop and reason:
+            log.info("%s at step %d", reason, self.position.step)
         elif stop:
-            log.info("%s at step %d", self._stop_reason(self.position.step), self.position.step)
+            log.info("train.max_minutes (%g) reached at step %d", train.max_minutes, self.position.step)
         self.save(self.last_path)
         logs.close()
         return metrics
