@@ -12,7 +12,10 @@ run; its test evaluation is kept in RUNS_DIR/NAME/test_iw{K}.json (test_iw{K}_n{
 --eval-examples evaluates N test examples). All runs are trained first, then evaluated (a killed training
 resumes; a killed evaluation starts over). Running the command again continues a half-finished suite:
 finished trainings and evaluations are not repeated. The table goes to --out (results/SUITE.md), the KL and
-reconstruction curves of all runs to the PNG next to it.
+reconstruction curves of all runs to the PNG next to it, and each finished row's record (its test result, how far
+it trained, its validation curve) to results/SUITE/NAME_test_iw{K}.json: the table outlives the run directories,
+and a row whose run directory is gone but whose record is kept is not trained again (delete the record to
+retrain it).
 """
 
 from __future__ import annotations
@@ -98,6 +101,27 @@ def evaluate_once(
     return metrics
 
 
+def record_path(out: Path, name: str, iw_samples: int, examples: int | None) -> Path:
+    """A finished row's record beside the report: results/SUITE/NAME_test_iw{K}.json for results/SUITE.md."""
+    return out.with_suffix("") / f"{name}_{result_file(iw_samples, examples)}"
+
+
+def row_result(run_dir: Path, record: Path | None, iw_samples: int, examples: int | None) -> dict | None:
+    """A row's test result with how far it trained and its curve: from its run (refreshing the record), else, when
+    the run directory is gone, from the record; None while it is pending."""
+    result_path = run_dir / result_file(iw_samples, examples)
+    if result_path.is_file():
+        result = json.loads(result_path.read_text(encoding="utf-8"))
+        result.update(trained=trained_steps(run_dir), curve=curves(run_dir))
+        if record is not None:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        return result
+    if record is not None and record.is_file() and not run_dir.exists():
+        return json.loads(record.read_text(encoding="utf-8"))
+    return None
+
+
 def training_tokens_per_s(run_dir: Path) -> float:
     """The median of the run's logged train/tokens_per_s (TensorBoard), over the whole run."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -124,7 +148,7 @@ def curves(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def plot(suite: Suite, runs_dir: Path, path: Path) -> None:
+def plot(suite: Suite, results: dict[str, dict | None], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +156,7 @@ def plot(suite: Suite, runs_dir: Path, path: Path) -> None:
 
     figure, (kl_axis, rec_axis) = plt.subplots(1, 2, figsize=(13, 4.5))
     for entry in suite.entries:
-        data = curves(runs_dir / entry.name)
+        data = (results.get(entry.name) or {}).get("curve") or {"step": []}
         if data["step"]:
             kl_axis.plot(data["step"], data["kl"], label=entry.label)
             rec_axis.plot(data["step"], data["rec"], label=entry.label)
@@ -145,7 +169,10 @@ def plot(suite: Suite, runs_dir: Path, path: Path) -> None:
     plt.close(figure)
 
 
-def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: str, examples: int | None) -> str:
+def table(
+    suite: Suite, results: dict[str, dict | None], iw_samples: int, steps: int, command: str, examples: int | None
+) -> str:
+    """The report's table from each row's result (`row_result`; None: pending)."""
     gap_columns = " nll (q*) | approximation gap | amortization gap |" if suite.gaps else ""
     split = f"{examples:,} examples spread evenly over the test split" if examples else "the test split"
     rows = [
@@ -167,13 +194,12 @@ def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: st
         rows[2] += " published |"
         rows[3] += "---|"
     for entry in suite.entries:
-        path = runs_dir / entry.name / result_file(iw_samples, examples)
+        m = results.get(entry.name)
         run_steps = max(1, round(steps * entry.budget))
-        if not path.is_file():
+        if m is None:
             rows.append(f"| {entry.label} | {run_steps:,} | (pending) |" + " |" * (7 + 3 * bool(suite.gaps))
                         + (f" {published(suite, entry.name)} |" if suite.published else ""))  # fmt: skip
             continue
-        m = json.loads(path.read_text(encoding="utf-8"))
         ppl = f"{m['ppl']:.1f}" if "ppl" in m else "–"
         gaps = ""
         if suite.gaps:
@@ -182,7 +208,7 @@ def table(suite: Suite, runs_dir: Path, iw_samples: int, steps: int, command: st
             gaps = f" {refined} | {g['approximation_gap']:.2f} | {g['amortization_gap']:.2f} |"
         steps_cell = f"{run_steps:,}"
         if suite.converge:  # the budget was a cap: the best checkpoint's step of the steps trained
-            trained = trained_steps(runs_dir / entry.name)
+            trained = m.get("trained")
             best = m.get("checkpoint_step")
             steps_cell = f"{best:,} of {trained[0]:,} (epoch {trained[1]})" if best and trained else steps_cell
         rows.append(
@@ -253,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps or suite.steps
     args.iw_samples = args.iw_samples or suite.iw_samples
     args.eval_examples = suite.eval_examples if args.eval_examples is None else args.eval_examples or None
+
+    def recorded(entry: Entry) -> bool:  # a record, and no run directory to resume or to evaluate
+        record = record_path(args.out, entry.name, args.iw_samples, args.eval_examples)
+        return record.is_file() and not (args.runs_dir / entry.name).exists()
+
     names = [n for n in args.only.split(",") if n] or [e.name for e in suite.entries]
     try:
         unknown = sorted(set(names) - {e.name for e in suite.entries})
@@ -264,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_report:  # before hours of training, not after
             require_extra("plots", "the suite's report (its plot) needs", "matplotlib")
         chosen = [e for e in suite.entries if e.name in names]
+        for entry in [e for e in chosen if recorded(e)]:  # its run directory is gone: the record is the row
+            log.info("%s: finished earlier, its record %s kept (delete it to train the row again)", entry.name,
+                     record_path(args.out, entry.name, args.iw_samples, args.eval_examples))  # fmt: skip
+            chosen.remove(entry)
         plans = {e.name: run_config(base(e), e, args.steps, args.overrides, suite.overrides, suite.converge)
                  for e in chosen}  # fmt: skip
         if args.threads:
@@ -299,7 +334,7 @@ def run_in_parallel(chosen: list[Entry], args) -> list[str]:
     pending, running, failed = list(chosen), {}, []
     passthrough = [
         "--suite", args.suite, *(["--config", str(args.config)] if args.config else []),
-        "--runs-dir", str(args.runs_dir),
+        "--runs-dir", str(args.runs_dir), "--out", str(args.out),
         "--steps", str(args.steps), "--iw-samples", str(args.iw_samples), "--precision", args.precision,
         "--eval-examples", str(args.eval_examples or 0),
         "--threads", str(args.threads), "--no-report", *[f"--set={o}" for o in args.overrides],
@@ -327,11 +362,15 @@ def write_report(suite: Suite, args, argv: list[str] | None) -> None:
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]  # the producing command
     command = "python scripts/reproduce.py" + "".join(f" {a}" for a in shown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for entry in suite.entries:
+        record = record_path(args.out, entry.name, args.iw_samples, args.eval_examples)
+        results[entry.name] = row_result(args.runs_dir / entry.name, record, args.iw_samples, args.eval_examples)
     args.out.write_text(f"# {suite.title}\n\n"
-                        + table(suite, args.runs_dir, args.iw_samples, args.steps, command, args.eval_examples)
+                        + table(suite, results, args.iw_samples, args.steps, command, args.eval_examples)
                         + f"\n![KL and reconstruction]({args.out.with_suffix('.png').name})\n",
                         encoding="utf-8")  # fmt: skip
-    plot(suite, args.runs_dir, args.out.with_suffix(".png"))
+    plot(suite, results, args.out.with_suffix(".png"))
     print(f"table: {args.out}\nplot: {args.out.with_suffix('.png')}")
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_co
     assert (runs / "bow" / "test_iw2.json").is_file()
     assert (runs / "lm" / "test_iw2.json").stat().st_mtime_ns == kept
     assert stamps == {name: (runs / name / "metrics.jsonl").stat().st_mtime_ns for name in names}
+
+    # A lost run directory: its row comes from the record beside the table, and the row is not trained again
+    record = json.loads((tmp_path / "results" / "ptb" / "lm_test_iw2.json").read_text())
+    assert record["nll"] == lm["nll"] and record["trained"][0] == 12 and len(record["curve"]["kl"]) >= 1
+    lm_row = next(line for line in out.read_text().splitlines() if line.startswith("| LSTM LM |"))
+    shutil.rmtree(runs / "lm")
+    assert reproduce.main(argv) == 0
+    assert not (runs / "lm").exists()
+    assert lm_row in out.read_text().splitlines() and "(pending)" not in out.read_text()
+    (tmp_path / "results" / "ptb" / "lm_test_iw2.json").unlink()
+    assert reproduce.main([*argv, "--report-only"]) == 0  # neither run nor record: pending
+    assert "| LSTM LM | 12 | (pending) |" in out.read_text()
 
 
 def test_unknown_run_name_is_one_clear_error(reproduce, tiny_config_path, tmp_path, capsys):
@@ -121,8 +134,10 @@ def test_a_run_to_convergence_reports_its_best_step_of_the_steps_trained(reprodu
     result = {"nll": 101.0, "ppl": 100.5, "nelbo": 101.0, "kl": 0.0, "mi": 0.0, "au": 0, "train_s": 600.0,
               "tokens_per_s": 3500.0, "checkpoint_step": 26300}  # fmt: skip
     (run / "test_iw500.json").write_text(json.dumps(result))
-    evaluations = [{"step": step, "epoch": step // 1315 - 1, "metrics": {}} for step in (26300, 27615, 28930)]
+    metrics = {"kl": 0.0, "rec": 101.0}
+    evaluations = [{"step": step, "epoch": step // 1315 - 1, "metrics": metrics} for step in (26300, 27615, 28930)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations))
-    text = reproduce.table(suite, tmp_path, 500, 150000, "python scripts/reproduce.py", None)
+    results = {"lm": reproduce.row_result(run, None, 500, None)}
+    text = reproduce.table(suite, results, 500, 150000, "python scripts/reproduce.py", None)
     assert "| LM | 26,300 of 28,930 (epoch 22) | 101.00 | 100.5 |" in text
     assert "trained until early stopping (or as many LR decays as its optim.max_decays), at most 150,000 steps" in text
