@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
-from suites import PAPER_SOURCE, SUITES, Entry, Suite  # noqa: E402
+from suites import PAPER_SOURCE, SHARED_PRETRAINING_KEYS, SUITES, Entry, Suite  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
 from textvae.errors import TrainingStopped, UserError, require_extra  # noqa: E402
@@ -65,16 +66,45 @@ def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> 
     timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {"train_s": 0.0}
     if timing.get("trained"):
         return
+    config = config_lib.load(base, overrides)
+    if entry.shares_pretraining and not (run_dir / "checkpoints" / "last.pt").is_file():
+        timing["train_s"] += start_from_shared_pretraining(entry, config, run_dir)
     log.info("%s: training (%s)", entry.name, " ".join(overrides))
     start = time.perf_counter()
     try:
-        train(config_lib.load(base, overrides), run_dir)
+        train(config, run_dir)
     finally:  # a stopped run keeps the time it spent, and resumes
         timing["train_s"] += time.perf_counter() - start
         run_dir.mkdir(parents=True, exist_ok=True)
         timing_path.write_text(json.dumps(timing), encoding="utf-8")
     timing["trained"] = True
     timing_path.write_text(json.dumps(timing), encoding="utf-8")
+
+
+def start_from_shared_pretraining(entry: Entry, config, run_dir: Path) -> float:
+    """Start `entry`'s VAE phase from the autoencoder of the run it shares it with, when that run has finished
+    its pretraining: its pretrained.pt becomes this run's last.pt, its evaluations up to there this run's.
+    Return the training seconds so inherited (0.0 when there is nothing to share yet)."""
+    source = run_dir.parent / entry.shares_pretraining
+    pretrained = source / "checkpoints" / "pretrained.pt"
+    if not pretrained.is_file():
+        return 0.0
+    state = torch.load(pretrained, map_location="cpu", weights_only=True)
+    ours, theirs = config_lib.to_dict(config), state["config"]
+    differing = sorted(f"{section}.{key}" for section in ours for key in ours[section]
+                       if ours[section][key] != theirs.get(section, {}).get(key))  # fmt: skip
+    if set(differing) - set(SHARED_PRETRAINING_KEYS):
+        raise UserError(f"{entry.name} cannot start from {pretrained}: its config differs in "
+                        f"{', '.join(sorted(set(differing) - set(SHARED_PRETRAINING_KEYS)))}")  # fmt: skip
+    step = int(state["position"]["step"])
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pretrained, run_dir / "checkpoints" / "last.pt")
+    metrics = source / "metrics.jsonl"
+    if metrics.is_file():
+        kept = [line for line in metrics.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
+        (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    log.info("%s: starts its VAE phase from %s (step %d), the autoencoder it shares", entry.name, pretrained, step)
+    return float(state.get("seconds", 0.0))
 
 
 def result_file(iw_samples: int, examples: int | None) -> str:

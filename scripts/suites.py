@@ -21,6 +21,12 @@ class Entry:
     overrides: Callable[[int], list[str]]  # step budget -> --set overrides
     budget: float = 1.0  # share of the suite's step budget (IWAE: k decoder passes per step)
     config: str = ""  # this run's base config (relative to the repository), when not the suite's
+    # a run whose autoencoder phase is this one's (the configs differ only in SHARED_PRETRAINING_KEYS): when that
+    # run's checkpoints/pretrained.pt exists, this one starts its VAE phase from it instead of pretraining again
+    shares_pretraining: str = ""
+
+
+SHARED_PRETRAINING_KEYS = ("objective.free_bits",)  # read only by the VAE phase (the KL weight is 0 before it)
 
 
 def _vae(schedule: str, steps: int, free_bits: float = 0.0, weight: float = 1.0, *extra: str) -> list[str]:
@@ -156,9 +162,10 @@ PAPER = [
     Entry("anneal", "VAE + linear annealing", lambda s: _paper_vae()),
     # Li et al. 2019: the autoencoder first (z drawn at KL weight 0), the decoder re-initialized, then free bits
     Entry("pretrain_fb", "AE pretraining + decoder reset + free bits λ=5",
-          lambda s: _li_et_al(PAPER_FREE_BITS)),
+          lambda s: _li_et_al(PAPER_FREE_BITS), shares_pretraining="pretrain_fb65"),
     # the same with lambda = 6.5: with lambda = 5 the validation KL settled at ~5.8 nats (published: 6.54 on test)
-    Entry("pretrain_fb65", "AE pretraining + decoder reset + free bits λ=6.5", lambda s: _li_et_al(6.5 / 32)),
+    Entry("pretrain_fb65", "AE pretraining + decoder reset + free bits λ=6.5", lambda s: _li_et_al(6.5 / 32),
+          shares_pretraining="pretrain_fb"),
     # BN-VAE's encoder from torch's default initialization too: from U(-0.01, 0.01) the KL pressure took the
     # posterior means' batch variance below batch norm's eps (running variance ~2e-8 against eps 1e-5 after two
     # epochs), where gamma no longer scales them: KL 0.19 nats, not the floor of 32 x 0.6^2 / 2 = 5.76

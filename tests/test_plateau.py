@@ -127,3 +127,33 @@ def test_a_checkpoint_without_the_decay_count_resumes_with_the_count_its_lr_impl
     again = Trainer(_TinyVAE(), _Source(), lambda m: worse[0], config, tmp_path, torch.device("cpu"))
     again.fit()
     assert again.position.step == 8 and again.position.decays == 7
+
+
+def test_the_state_at_the_end_of_pretraining_is_kept_and_a_run_started_from_it_matches_the_straight_run(tmp_path):
+    # pretrained.pt holds the state after step P (its evaluation included): a run given it as its last.pt trains
+    # the VAE phase exactly as the run that wrote it
+    config = config_lib.from_dict({
+        "objective": {"kl_schedule": "constant", "pretrain_steps": 4},
+        "train": {"max_steps": 8, "eval_every": 2, "device": "cpu", "collapse_patience": 0, "early_stopping": 0},
+        "optim": {"name": "sgd", "lr": 0.1},
+    })  # fmt: skip
+
+    def evaluate(model):
+        return {"nelbo": float(model.decoder.weight.sum()), "rec": 1.0, "kl": 1.0}
+
+    torch.manual_seed(0)
+    straight = Trainer(_TinyVAE(), _Source(), evaluate, config, tmp_path / "straight", torch.device("cpu"))
+    straight.fit()
+    pretrained = torch.load(tmp_path / "straight/checkpoints/pretrained.pt", weights_only=False)
+    assert pretrained["position"]["step"] == 4 and pretrained["position"]["best"] < float("inf")  # evaluated
+    (tmp_path / "shared/checkpoints").mkdir(parents=True)
+    (tmp_path / "shared/checkpoints/last.pt").write_bytes(
+        (tmp_path / "straight/checkpoints/pretrained.pt").read_bytes()
+    )
+    torch.manual_seed(1)  # another initialization: everything must come from the checkpoint
+    shared = Trainer(_TinyVAE(), _Source(), evaluate, config, tmp_path / "shared", torch.device("cpu"))
+    shared.fit()
+    assert shared.position.step == 8
+    for ours, theirs in zip(shared.model.parameters(), straight.model.parameters()):
+        assert torch.equal(ours, theirs)
+    assert not (tmp_path / "shared/checkpoints/pretrained.pt").exists()  # its pretraining was not its own

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +125,15 @@ def test_every_run_of_every_suite_is_a_valid_config(reproduce):
             base = ROOT / (entry.config or suite.config)
             overrides = reproduce.run_config(base, entry, suite.steps, [], suite.overrides, suite.converge)
             assert any(o.startswith("train.max_steps=") for o in overrides)
+            if entry.shares_pretraining:  # the two runs' autoencoder phases are the same
+                other = next(e for e in suite.entries if e.name == entry.shares_pretraining)
+                ours = reproduce.config_lib.to_dict(reproduce.config_lib.load(base, overrides))
+                theirs = reproduce.config_lib.to_dict(reproduce.config_lib.load(
+                    ROOT / (other.config or suite.config),
+                    reproduce.run_config(base, other, suite.steps, [], suite.overrides, suite.converge)))  # fmt: skip
+                differing = {f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s][k]}
+                assert differing and differing <= set(reproduce.SHARED_PRETRAINING_KEYS)
+                assert ours["objective"]["pretrain_steps"] > 0
 
 
 def test_a_run_to_convergence_reports_its_best_step_of_the_steps_trained(reproduce, tmp_path):
@@ -141,3 +151,35 @@ def test_a_run_to_convergence_reports_its_best_step_of_the_steps_trained(reprodu
     text = reproduce.table(suite, results, 500, 150000, "python scripts/reproduce.py", None)
     assert "| LM | 26,300 of 28,930 (epoch 22) | 101.00 | 100.5 |" in text
     assert "trained until early stopping (or as many LR decays as its optim.max_decays), at most 150,000 steps" in text
+
+
+def test_a_run_sharing_another_ones_autoencoder_starts_its_vae_phase_from_it(
+    reproduce, tiny_config_path, corpus_dir, tmp_path, monkeypatch, capsys
+):
+    pretraining = ["model.name=lstm_vae", "objective.pretrain_steps=4", "objective.free_bits_mode=example"]
+    entries = [
+        reproduce.Entry("a", "A", lambda s: [*pretraining, "objective.free_bits=0.1"], shares_pretraining="b"),
+        reproduce.Entry("b", "B", lambda s: [*pretraining, "objective.free_bits=0.3"], shares_pretraining="a"),
+        reproduce.Entry("c", "C", lambda s: [*pretraining, "model.hidden_size=24"], shares_pretraining="a"),
+    ]
+    suite = dataclasses.replace(reproduce.SUITES["ptb"], config=str(tiny_config_path), entries=entries, overrides=())
+    monkeypatch.setitem(reproduce.SUITES, "ptb", suite)
+    runs = tmp_path / "runs"
+    shared = ["--runs-dir", str(runs), "--steps", "8", "--iw-samples", "2", "--no-report",
+              "--set", f"data.corpus={corpus_dir}", "--set", "train.eval_every=2"]  # fmt: skip
+    assert reproduce.main(["--only", "a", *shared]) == 0
+    assert (runs / "a/checkpoints/pretrained.pt").is_file()
+    assert reproduce.main(["--only", "b", *shared]) == 0
+    a_lines = (runs / "a/metrics.jsonl").read_text().splitlines()
+    b_lines = (runs / "b/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in b_lines] == [2, 4, 6, 8]
+    assert b_lines[:2] == a_lines[:2] and b_lines[2:] != a_lines[2:]  # the autoencoder's, then its own VAE phase
+    assert "free_bits: 0.3" in (runs / "b/config.yaml").read_text()
+    assert not (runs / "b/checkpoints/pretrained.pt").exists()  # it did not pretrain
+    a_time = torch.load(runs / "a/checkpoints/pretrained.pt", weights_only=True)["seconds"]
+    assert json.loads((runs / "b/timing.json").read_text())["train_s"] > a_time  # the shared time counted
+    capsys.readouterr()
+    assert reproduce.main(["--only", "c", *shared]) == 2  # another model: it cannot share a's autoencoder
+    assert capsys.readouterr().err.strip() == (
+        f"error: c cannot start from {runs / 'a/checkpoints/pretrained.pt'}: its config differs in model.hidden_size"
+    )  # objective.free_bits differs too, which the VAE phase alone reads

@@ -65,7 +65,8 @@ class Trainer:
     `report_images(model)` returns {tag: image [3, H, W] in [0, 1]}, logged too. `hooks` join the remedies
     that config asks for (core/remedies.py). With objective.pretrain_steps P > 0 the first P steps train a
     deterministic autoencoder; then the hooks' end_of_pretraining runs once, and the optimizer state, the LR
-    (back to optim.lr) and the best objective are reset.
+    (back to optim.lr) and the best objective are reset; the state after step P (its evaluation included) is kept
+    in checkpoints/pretrained.pt, from which a run differing only in its VAE phase can start.
     """
 
     def __init__(self, model: nn.Module, data: BatchSource, evaluate: Callable[[nn.Module], dict[str, Any]],
@@ -89,6 +90,7 @@ class Trainer:
         self._window = TrainWindow()  # steps since the last train/ log
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
+        self.pretrained_path = self.run_dir / "checkpoints" / "pretrained.pt"
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -222,6 +224,8 @@ class Trainer:
                 stopping = self.signals.stopping is not None
                 if evaluated or step % (train.checkpoint_every or train.eval_every) == 0 or stopping:
                     self.save(self.last_path)
+                if step == self.config.objective.pretrain_steps:  # where the VAE phase starts, for runs sharing it
+                    self.save(self.pretrained_path)
                 if stopping:
                     raise self.signals.stop(step, str(self.last_path))
             if self.position.batch >= len(self._plan):
