@@ -36,7 +36,7 @@ import torch
 from textvae import config as config_lib
 from textvae import registry
 from textvae.config import Config
-from textvae.core.device import cpu_bf16_units, resolve_device, resolve_precision
+from textvae.core.device import cpu_name, resolve_device, resolve_precision
 from textvae.core.trainer import Trainer
 from textvae.data.batching import TextSplit
 from textvae.data.corpus import data_dir, load_corpus
@@ -280,16 +280,6 @@ def _print(result: dict, as_json: bool) -> None:
         for key, value in result.items():
             print(f"{key:>22}  {value}")
     sys.stdout.flush()
-
-
-def cpu_name() -> str:
-    """The CPU's model name and whether it has AMX / AVX512-BF16 (bf16 matmul rates differ 5x between them)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    return f"{name} ({', '.join(cpu_bf16_units()) or 'no bf16 matmul units'})"
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from suites import PAPER_SOURCE, SHARED_PRETRAINING_KEYS, SUITES, Entry, Suite  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
+from textvae.core.device import cpu_name, resolve_device  # noqa: E402
 from textvae.errors import TrainingStopped, UserError, require_extra  # noqa: E402
 
 log = logging.getLogger("reproduce")
@@ -68,7 +69,9 @@ def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> 
         return
     config = config_lib.load(base, overrides)
     if entry.shares_pretraining and not (run_dir / "checkpoints" / "last.pt").is_file():
-        timing["train_s"] += start_from_shared_pretraining(entry, config, run_dir)
+        start_from_shared_pretraining(entry, config, run_dir, timing)
+    machine = torch.cuda.get_device_name() if resolve_device(config.train.device).type == "cuda" else cpu_name()
+    timing["machines"] = [*[m for m in timing.get("machines", []) if m != machine], machine]  # all it trained on
     log.info("%s: training (%s)", entry.name, " ".join(overrides))
     start = time.perf_counter()
     try:
@@ -81,14 +84,14 @@ def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> 
     timing_path.write_text(json.dumps(timing), encoding="utf-8")
 
 
-def start_from_shared_pretraining(entry: Entry, config, run_dir: Path) -> float:
+def start_from_shared_pretraining(entry: Entry, config, run_dir: Path, timing: dict) -> None:
     """Start `entry`'s VAE phase from the autoencoder of the run it shares it with, when that run has finished
-    its pretraining: its pretrained.pt becomes this run's last.pt, its evaluations up to there this run's.
-    Return the training seconds so inherited (0.0 when there is nothing to share yet)."""
+    its pretraining: its pretrained.pt becomes this run's last.pt, its evaluations up to there this run's, its
+    training time and machines this run's `timing`'s."""
     source = run_dir.parent / entry.shares_pretraining
     pretrained = source / "checkpoints" / "pretrained.pt"
     if not pretrained.is_file():
-        return 0.0
+        return
     state = torch.load(pretrained, map_location="cpu", weights_only=True)
     ours, theirs = config_lib.to_dict(config), state["config"]
     differing = sorted(f"{section}.{key}" for section in ours for key in ours[section]
@@ -103,8 +106,13 @@ def start_from_shared_pretraining(entry: Entry, config, run_dir: Path) -> float:
     if metrics.is_file():
         kept = [line for line in metrics.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
         (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    source_timing = source / "timing.json"
+    machines = []
+    if source_timing.is_file():
+        machines = json.loads(source_timing.read_text(encoding="utf-8")).get("machines", [])
+    timing["train_s"] += float(state.get("seconds", 0.0))
+    timing["machines"] = [*machines, *[m for m in timing.get("machines", []) if m not in machines]]
     log.info("%s: starts its VAE phase from %s (step %d), the autoencoder it shares", entry.name, pretrained, step)
-    return float(state.get("seconds", 0.0))
 
 
 def result_file(iw_samples: int, examples: int | None) -> str:
@@ -127,6 +135,7 @@ def evaluate_once(
     metrics["eval_s"] = time.perf_counter() - start
     metrics["train_s"] = json.loads((run_dir / "timing.json").read_text(encoding="utf-8"))["train_s"]
     metrics["tokens_per_s"] = training_tokens_per_s(run_dir)
+    metrics["machines"] = json.loads((run_dir / "timing.json").read_text(encoding="utf-8")).get("machines", [])
     result_path.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics
 
@@ -246,6 +255,10 @@ def table(
             f"| {m['mi']:.2f} | {m['au']} |{gaps} {m['train_s'] / 60:.0f} min | {m['tokens_per_s']:,.0f} |"
             + (f" {published(suite, entry.name)} |" if suite.published else "")
         )
+    machines = [f"{entry.label}: {'; '.join(results[entry.name]['machines'])}" for entry in suite.entries
+                if (results.get(entry.name) or {}).get("machines")]  # fmt: skip
+    if machines:
+        rows += ["", "Trained on: " + ". ".join(machines) + "."]
     unit = "sentence; ppl per word" if suite.text else "image; tokens/s counts images"
     rows += ["", f"nll, nelbo, kl, mi and the gaps in nats per {unit}; au = active units (of the latent size)."]
     if suite.gaps:

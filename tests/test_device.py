@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from textvae.core import device as device_lib
-from textvae.core.device import autocast, bf16_units, resolve_precision
+from textvae.core.device import autocast, bf16_units, cpu_name, resolve_precision
 
 CPU = torch.device("cpu")
 ICE_LAKE = "model name\t: Intel Xeon\nflags\t\t: fpu sse avx512f avx512bw avx512_vnni avx512_bitalg\n"
@@ -15,6 +15,16 @@ def test_bf16_units_are_read_from_the_flags_line():
     assert bf16_units(ICE_LAKE) == ()
     assert bf16_units(SAPPHIRE_RAPIDS) == ("amx_bf16", "avx512_bf16")
     assert bf16_units("model name\t: avx512_bf16 in a name only\nflags\t\t: fpu\n") == ()
+
+
+def test_the_cpu_is_named_with_its_cores_and_matmul_units():
+    def two_cores(text):
+        return "processor\t: 0\n" + text + "\nprocessor\t: 1\n" + text
+
+    assert cpu_name(two_cores(ICE_LAKE)) == "Intel Xeon, 2 cores (avx512, no bf16 matmul units)"
+    assert cpu_name(two_cores(SAPPHIRE_RAPIDS)) == "Intel Xeon, 2 cores (amx_bf16, avx512_bf16)"
+    zen3 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n"
+    assert cpu_name(zen3) == "AMD EPYC, 1 core (avx2, no bf16 matmul units)"
 
 
 @pytest.mark.parametrize("units, expected", [((), "fp32"), (("avx512_bf16",), "bf16"), (("amx_bf16",), "bf16")])

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from textvae.core.device import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,6 +40,7 @@ def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_co
     assert "bow_weight: 1.0" in (runs / "bow" / "config.yaml").read_text()
     assert all("batch_size: 64" in (runs / name / "config.yaml").read_text() for name in names)  # the suite's
     assert "with train.batch_size=64" in text
+    assert f"Trained on: LSTM LM: {cpu_name()}. VAE" in text  # the machine of every row
     lm = json.loads((runs / "lm" / "test_iw2.json").read_text())
     assert lm["kl"] == 0.0 and lm["nll"] == pytest.approx(lm["nelbo"])
 
@@ -177,7 +180,8 @@ def test_a_run_sharing_another_ones_autoencoder_starts_its_vae_phase_from_it(
     assert "free_bits: 0.3" in (runs / "b/config.yaml").read_text()
     assert not (runs / "b/checkpoints/pretrained.pt").exists()  # it did not pretrain
     a_time = torch.load(runs / "a/checkpoints/pretrained.pt", weights_only=True)["seconds"]
-    assert json.loads((runs / "b/timing.json").read_text())["train_s"] > a_time  # the shared time counted
+    b_timing = json.loads((runs / "b/timing.json").read_text())
+    assert b_timing["train_s"] > a_time and b_timing["machines"] == [cpu_name()]  # the shared time counted
     capsys.readouterr()
     assert reproduce.main(["--only", "c", *shared]) == 2  # another model: it cannot share a's autoencoder
     assert capsys.readouterr().err.strip() == (

@@ -42,6 +42,23 @@ def cpu_bf16_units() -> tuple[str, ...]:
         return ()
 
 
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU in a few words: model name, cores, and its bf16 matmul units or widest vector unit (matmul rates
+    differ several-fold between machines of one kind), from a /proc/cpuinfo text (default: this machine's)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown CPU"
+    lines = cpuinfo.splitlines()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    cores = sum(line.startswith("processor") for line in lines)
+    widest = next((unit for unit in ("avx512f", "avx2") if unit in flags), "no AVX2")
+    units = ", ".join(bf16_units(cpuinfo)) or f"{widest.removesuffix('f')}, no bf16 matmul units"
+    return f"{name}, {cores} core{'s' * (cores != 1)} ({units})"
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls run on units made for them: a CUDA device that supports bf16, or a CPU with AMX or
     AVX512-BF16. Without them oneDNN converts to fp32 and back: on a 2-core Ice Lake (AVX512, no BF16) a 2048^2
