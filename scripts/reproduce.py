@@ -187,7 +187,8 @@ def curves(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def plot(suite: Suite, results: dict[str, dict | None], path: Path) -> None:
+def plot(suite: Suite, runs_dir: Path, results: dict[str, dict | None], path: Path) -> None:
+    """Validation KL and reconstruction of every row: a finished one's from its result, one training from its run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,7 +196,7 @@ def plot(suite: Suite, results: dict[str, dict | None], path: Path) -> None:
 
     figure, (kl_axis, rec_axis) = plt.subplots(1, 2, figsize=(13, 4.5))
     for entry in suite.entries:
-        data = (results.get(entry.name) or {}).get("curve") or {"step": []}
+        data = (results.get(entry.name) or {}).get("curve") or curves(runs_dir / entry.name)
         if data["step"]:
             kl_axis.plot(data["step"], data["kl"], label=entry.label)
             rec_axis.plot(data["step"], data["rec"], label=entry.label)
@@ -413,7 +414,7 @@ def write_report(suite: Suite, args, argv: list[str] | None) -> None:
                         + table(suite, results, args.iw_samples, args.steps, command, args.eval_examples)
                         + f"\n![KL and reconstruction]({args.out.with_suffix('.png').name})\n",
                         encoding="utf-8")  # fmt: skip
-    plot(suite, results, args.out.with_suffix(".png"))
+    plot(suite, args.runs_dir, results, args.out.with_suffix(".png"))
     print(f"table: {args.out}\nplot: {args.out.with_suffix('.png')}")
 
 
