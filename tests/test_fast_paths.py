@@ -15,8 +15,8 @@ from textvae.config import DataConfig, ModelConfig
 from textvae.core.dropout import dropout, keep_mask
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
-from textvae.models import build_text_model
-from textvae.models.lstm_lm import _gradients_agree, padded_lstm, run_recurrent
+from textvae.models import build_text_model, lstm_lm
+from textvae.models.lstm_lm import _gradients_agree, onednn_bf16_lstm, padded_lstm, run_recurrent
 from textvae.models.sequence import linear_nll
 
 from conftest import make_sentences
@@ -106,6 +106,11 @@ def test_unpacked_encoder_reads_each_sentence_to_its_own_end(split, layers):
     torch.testing.assert_close(logvar, expected_logvar, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.skipif(
+    not onednn_bf16_lstm(),
+    reason="oneDNN has no bf16 LSTM on this CPU (it needs AVX512); "
+    "run_recurrent runs fp32 there, tested by test_without_a_bf16_lstm_the_recurrence_runs_in_fp32",
+)
 def test_a_bf16_lstm_runs_a_padded_batch_and_returns_the_plain_calls_result():
     torch.manual_seed(5)
     lstm = nn.LSTM(6, 10, num_layers=2, batch_first=True)
@@ -148,6 +153,11 @@ def test_an_lstm_with_zero_extra_units_is_the_lstm():
         torch.testing.assert_close(padded, plain, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.skipif(
+    not onednn_bf16_lstm(),
+    reason="oneDNN has no bf16 LSTM on this CPU (it needs AVX512); "
+    "run_recurrent runs fp32 there, tested by test_without_a_bf16_lstm_the_recurrence_runs_in_fp32",
+)
 def test_the_bf16_lstm_check_leaves_the_random_stream_alone():
     # it runs at a run's first training step, also after a resume: it must not move the restored stream
     torch.manual_seed(8)
@@ -208,3 +218,17 @@ def test_dropout_is_the_identity_in_eval_mode_and_repeatable_by_seed():
     torch.manual_seed(6)
     torch.testing.assert_close(dropout(x, 0.3, training=True), first, rtol=0, atol=0)
     assert not torch.equal(dropout(x, 0.3, training=True), first)
+
+
+def test_without_a_bf16_lstm_the_recurrence_runs_in_fp32(monkeypatch):
+    # on a CPU where oneDNN builds no bf16 LSTM (AVX2 only) a bf16 step must not fail: the LSTM runs in fp32
+    monkeypatch.setattr(lstm_lm, "onednn_bf16_lstm", lambda: False)
+    torch.manual_seed(3)
+    lstm = nn.LSTM(6, 10, batch_first=True)
+    inputs, state = torch.randn(40, 4, 6), (torch.randn(1, 40, 10), torch.randn(1, 40, 10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs, (h, c) = run_recurrent(lstm, inputs.bfloat16(), tuple(part.bfloat16() for part in state))
+    expected, (h_fp32, c_fp32) = lstm(inputs.bfloat16().float(), tuple(part.bfloat16().float() for part in state))
+    assert outputs.dtype == torch.float32
+    for ours, theirs in ((outputs, expected), (h, h_fp32), (c, c_fp32)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)

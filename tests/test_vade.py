@@ -119,7 +119,9 @@ def test_manifold_clusters_separate_two_moons_that_a_gmm_cannot():
     y = torch.as_tensor(y)
     gmm = GaussianMixture(2, random_state=0).fit(x)
     assert cluster_accuracy(y, torch.as_tensor(gmm.predict(x))) < 0.9  # two Gaussians cut across the moons
-    assert cluster_accuracy(y, torch.as_tensor(manifold_clusters(x, 2, seed=0))) > 0.95
+    # 40 neighbours: with 20 (the default, for MNIST codes) the full-covariance GMM split UMAP's long moon embeddings
+    # wrongly for seeds 0, 1 and 3 on an AVX2-only AMD CPU (0.8875); with 40, 1.0 for seeds 0-4 there
+    assert cluster_accuracy(y, torch.as_tensor(manifold_clusters(x, 2, seed=0, neighbors=40))) > 0.95
 
 
 def test_umap_initialized_vade_starts_from_the_clusters_gaussians(mnist_dir, tmp_path, monkeypatch):

@@ -42,6 +42,21 @@ def _bf16_cpu_lstm(rnn: nn.RNNBase, inputs: Tensor) -> bool:
     return bf16 and inputs.device.type == "cpu" and isinstance(rnn, nn.LSTM) and not rnn.bidirectional
 
 
+@functools.cache
+def onednn_bf16_lstm() -> bool:
+    """Whether this CPU runs a bf16 LSTM at all: oneDNN builds it only with AVX512 (on a 2-core AMD EPYC with AVX2,
+    torch 2.13: "could not create a primitive descriptor for the LSTM forward propagation primitive")."""
+    with torch.random.fork_rng(devices=[]):  # the check must not move a run's random stream
+        lstm = nn.LSTM(4, 4, batch_first=True)
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                lstm(torch.zeros(2, 3, 4))
+        except RuntimeError:
+            log.info("this CPU has no bf16 LSTM (oneDNN needs AVX512): bf16 runs its recurrences in fp32")
+            return False
+    return True
+
+
 def run_recurrent(rnn: nn.RNNBase, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
     """rnn(inputs, state) for batch-first inputs [N, T, E]. A bf16 LSTM on a CPU gets its batch padded with zero
     rows up to a multiple of BATCH_MULTIPLE (N >= 32), and, when it is trained at a hidden size whose oneDNN
@@ -49,6 +64,9 @@ def run_recurrent(rnn: nn.RNNBase, inputs: Tensor, state: State | None = None) -
     final state, so the result is the plain call's."""
     if not _bf16_cpu_lstm(rnn, inputs):
         return rnn(inputs, state)
+    if not onednn_bf16_lstm():  # a CPU without AVX512: the recurrence in fp32, the rest of the step as autocast has it
+        with torch.autocast("cpu", enabled=False):
+            return rnn(inputs.float(), None if state is None else tuple(part.float() for part in state))
     rows = inputs.shape[0]
     pad = -rows % BATCH_MULTIPLE if rows >= 2 * BATCH_MULTIPLE else 0
     extra = bf16_hidden_padding(rnn.input_size, rnn.hidden_size, rnn.num_layers) if torch.is_grad_enabled() else 0
