@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -175,34 +176,46 @@ def training_tokens_per_s(run_dir: Path) -> float:
 
 
 def curves(run_dir: Path) -> dict[str, list[float]]:
-    """Validation KL and reconstruction at each evaluation, from the run's metrics.jsonl."""
-    out: dict[str, list[float]] = {"step": [], "kl": [], "rec": []}
+    """Validation KL, reconstruction and NLL (the training's importance-weighted bound) at each evaluation, from
+    the run's metrics.jsonl."""
+    out: dict[str, list] = {"step": [], "kl": [], "rec": [], "nll": []}
     path = run_dir / "metrics.jsonl"
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             for key in ("kl", "rec"):
                 out[key].append(record["metrics"][key])
+            out["nll"].append(record["metrics"].get("nll"))  # None where the evaluation had no importance samples
             out["step"].append(record["step"])
     return out
 
 
 def plot(suite: Suite, runs_dir: Path, results: dict[str, dict | None], path: Path) -> None:
-    """Validation KL and reconstruction of every row: a finished one's from its result, one training from its run."""
+    """Validation KL, reconstruction and NLL of every row: a finished one's from its result, one training from its
+    run. The NLL axis starts a nat under the best value and spans 15% above it, so that the rows' ends can be told
+    apart (an autoencoder phase's NLL lies far above)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (kl_axis, rec_axis) = plt.subplots(1, 2, figsize=(13, 4.5))
+    figure, (kl_axis, rec_axis, nll_axis) = plt.subplots(1, 3, figsize=(18, 4.5))
+    lowest = math.inf
     for entry in suite.entries:
         data = (results.get(entry.name) or {}).get("curve") or curves(runs_dir / entry.name)
         if data["step"]:
             kl_axis.plot(data["step"], data["kl"], label=entry.label)
             rec_axis.plot(data["step"], data["rec"], label=entry.label)
+        known = [value for value in data.get("nll", []) if value is not None]  # records before 2026-12-04: none
+        if known:
+            nll_axis.plot(data["step"], [math.nan if v is None else v for v in data["nll"]], label=entry.label)
+            lowest = min(lowest, *known)
     unit = "sentence" if suite.text else "image"
     kl_axis.set(title=f"validation KL (nats per {unit})", xlabel="step")
     rec_axis.set(title=f"validation reconstruction -log p(x|z) (nats per {unit})", xlabel="step")
+    nll_axis.set(title=f"validation NLL, importance-weighted (nats per {unit})", xlabel="step")
+    if math.isfinite(lowest):
+        nll_axis.set_ylim(lowest - 1, lowest + 0.15 * abs(lowest) + 1)
     kl_axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -56,6 +56,8 @@ def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_co
     # A lost run directory: its row comes from the record beside the table, and the row is not trained again
     record = json.loads((tmp_path / "results" / "ptb" / "lm_test_iw2.json").read_text())
     assert record["nll"] == lm["nll"] and record["trained"][0] == 12 and len(record["curve"]["kl"]) >= 1
+    validation = [json.loads(line)["metrics"]["nll"] for line in (runs / "lm" / "metrics.jsonl").open()]
+    assert record["curve"]["nll"] == validation  # the validation NLL curve is kept with the record
     lm_row = next(line for line in out.read_text().splitlines() if line.startswith("| LSTM LM |"))
     shutil.rmtree(runs / "lm")
     assert reproduce.main(argv) == 0
