@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from suites import PAPER_SOURCE, SHARED_PRETRAINING_KEYS, SUITES, Entry, Suite  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
+from textvae.core.checkpoint import load_checkpoint  # noqa: E402
 from textvae.core.device import cpu_name, resolve_device  # noqa: E402
 from textvae.errors import TrainingStopped, UserError, require_extra  # noqa: E402
 
@@ -61,11 +62,13 @@ def run_config(
 
 
 def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> None:
-    """Train (or resume) one run unless it is finished; its training time accumulates in timing.json."""
+    """Train (or resume) one run unless it is finished. timing.json keeps the machines it trained on (written
+    before training, so that a kill cannot lose them) and whether it finished; the training time is the trainer's
+    own clock (`training_state`), which its checkpoints carry across every kill and resume."""
     from textvae.dispatch import train
 
     timing_path = run_dir / "timing.json"
-    timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {"train_s": 0.0}
+    timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {}
     if timing.get("trained"):
         return
     config = config_lib.load(base, overrides)
@@ -73,22 +76,31 @@ def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> 
         start_from_shared_pretraining(entry, config, run_dir, timing)
     machine = torch.cuda.get_device_name() if resolve_device(config.train.device).type == "cuda" else cpu_name()
     timing["machines"] = [*[m for m in timing.get("machines", []) if m != machine], machine]  # all it trained on
+    timing.pop("train_s", None)  # before 2026-12-04 kept here, and lost with every kill: the checkpoint's clock now
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timing_path.write_text(json.dumps(timing), encoding="utf-8")
     log.info("%s: training (%s)", entry.name, " ".join(overrides))
-    start = time.perf_counter()
-    try:
-        train(config, run_dir)
-    finally:  # a stopped run keeps the time it spent, and resumes
-        timing["train_s"] += time.perf_counter() - start
-        run_dir.mkdir(parents=True, exist_ok=True)
-        timing_path.write_text(json.dumps(timing), encoding="utf-8")
+    train(config, run_dir)
     timing["trained"] = True
     timing_path.write_text(json.dumps(timing), encoding="utf-8")
 
 
+def training_state(run_dir: Path) -> dict | None:
+    """Where a run's training stands, from its last.pt (None before its first checkpoint): the trainer's position
+    (step, epoch, LR decays of this phase), its clock `seconds` (wall time of training and its evaluations, summed
+    over every session, kills included) and the config's `max_decays`."""
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    max_decays = int(state.get("config", {}).get("optim", {}).get("max_decays", 0))
+    return {**state["position"], "seconds": float(state.get("seconds", 0.0)), "max_decays": max_decays}
+
+
 def start_from_shared_pretraining(entry: Entry, config, run_dir: Path, timing: dict) -> None:
     """Start `entry`'s VAE phase from the autoencoder of the run it shares it with, when that run has finished
-    its pretraining: its pretrained.pt becomes this run's last.pt, its evaluations up to there this run's, its
-    training time and machines this run's `timing`'s."""
+    its pretraining: its pretrained.pt becomes this run's last.pt (with the trainer's clock: its training time),
+    its evaluations up to there this run's, its machines this run's `timing`'s."""
     source = run_dir.parent / entry.shares_pretraining
     pretrained = source / "checkpoints" / "pretrained.pt"
     if not pretrained.is_file():
@@ -111,7 +123,6 @@ def start_from_shared_pretraining(entry: Entry, config, run_dir: Path, timing: d
     machines = []
     if source_timing.is_file():
         machines = json.loads(source_timing.read_text(encoding="utf-8")).get("machines", [])
-    timing["train_s"] += float(state.get("seconds", 0.0))
     timing["machines"] = [*machines, *[m for m in timing.get("machines", []) if m not in machines]]
     log.info("%s: starts its VAE phase from %s (step %d), the autoencoder it shares", entry.name, pretrained, step)
 
@@ -134,7 +145,7 @@ def evaluate_once(
     start = time.perf_counter()
     metrics = evaluate_run(run_dir, "test", iw_samples, precision, gaps=gaps, max_examples=examples)
     metrics["eval_s"] = time.perf_counter() - start
-    metrics["train_s"] = json.loads((run_dir / "timing.json").read_text(encoding="utf-8"))["train_s"]
+    metrics["train_s"] = training_state(run_dir)["seconds"]
     metrics["tokens_per_s"] = training_tokens_per_s(run_dir)
     metrics["machines"] = json.loads((run_dir / "timing.json").read_text(encoding="utf-8")).get("machines", [])
     result_path.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
@@ -160,6 +171,40 @@ def row_result(run_dir: Path, record: Path | None, iw_samples: int, examples: in
     if record is not None and record.is_file() and not run_dir.exists():
         return json.loads(record.read_text(encoding="utf-8"))
     return None
+
+
+def progress(run_dir: Path) -> dict | None:
+    """A pending row's progress: `training_state`, the best validation NLL (the training's importance-weighted
+    bound; the nelbo where none was computed) with its step and KL, and whether training has finished; None
+    before the run's first checkpoint."""
+    state = training_state(run_dir)
+    if state is None:
+        return None
+    path = run_dir / "metrics.jsonl"
+    evaluations = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    best = None
+    for evaluation in evaluations:
+        m = evaluation["metrics"]
+        value = m.get("nll", m["nelbo"])
+        if value is not None and (best is None or value < best["value"]):
+            best = {"value": value, "bound": f"IW-{m['iw_samples']} nll" if m.get("nll") is not None else "nelbo",
+                    "step": evaluation["step"], "kl": m["kl"]}  # fmt: skip
+    timing = run_dir / "timing.json"
+    trained = timing.is_file() and json.loads(timing.read_text(encoding="utf-8")).get("trained", False)
+    return {**state, "best": best, "trained": trained}
+
+
+def progress_cells(p: dict) -> str:
+    """The nll cell of a pending row: where its training stands."""
+    if p["trained"]:
+        return "trained; test evaluation pending"
+    text = "training"
+    if p["best"]:
+        b = p["best"]
+        text += f": best validation {b['bound']} {b['value']:.2f} (step {b['step']:,}, kl {b['kl']:.2f})"
+    if p["max_decays"]:
+        text += f"; LR decays {p['decays']} of {p['max_decays']}"
+    return text
 
 
 def training_tokens_per_s(run_dir: Path) -> float:
@@ -223,9 +268,16 @@ def plot(suite: Suite, runs_dir: Path, results: dict[str, dict | None], path: Pa
 
 
 def table(
-    suite: Suite, results: dict[str, dict | None], iw_samples: int, steps: int, command: str, examples: int | None
+    suite: Suite,
+    results: dict[str, dict | None],
+    iw_samples: int,
+    steps: int,
+    command: str,
+    examples: int | None,
+    progress_of: dict[str, dict | None] | None = None,
 ) -> str:
-    """The report's table from each row's result (`row_result`; None: pending)."""
+    """The report's table from each row's result (`row_result`; None: pending, shown with its `progress` where
+    `progress_of` has one)."""
     gap_columns = " nll (q*) | approximation gap | amortization gap |" if suite.gaps else ""
     split = f"{examples:,} examples spread evenly over the test split" if examples else "the test split"
     rows = [
@@ -250,8 +302,13 @@ def table(
         m = results.get(entry.name)
         run_steps = max(1, round(steps * entry.budget))
         if m is None:
-            rows.append(f"| {entry.label} | {run_steps:,} | (pending) |" + " |" * (7 + 3 * bool(suite.gaps))
-                        + (f" {published(suite, entry.name)} |" if suite.published else ""))  # fmt: skip
+            p = (progress_of or {}).get(entry.name)
+            if p is None:
+                cells = f" {run_steps:,} | (pending) |" + " |" * (7 + 3 * bool(suite.gaps))
+            else:  # where it stands: steps so far, its best validation, its clock
+                cells = (f" {p['step']:,} so far (epoch {p['epoch'] + 1}) | {progress_cells(p)} |"
+                         + " |" * (5 + 3 * bool(suite.gaps)) + f" {p['seconds'] / 60:.0f} min so far | |")  # fmt: skip
+            rows.append(f"| {entry.label} |{cells}" + (f" {published(suite, entry.name)} |" if suite.published else ""))
             continue
         ppl = f"{m['ppl']:.1f}" if "ppl" in m else "–"
         gaps = ""
@@ -419,12 +476,14 @@ def write_report(suite: Suite, args, argv: list[str] | None) -> None:
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]  # the producing command
     command = "python scripts/reproduce.py" + "".join(f" {a}" for a in shown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results, progress_of = {}, {}
     for entry in suite.entries:
         record = record_path(args.out, entry.name, args.iw_samples, args.eval_examples)
         results[entry.name] = row_result(args.runs_dir / entry.name, record, args.iw_samples, args.eval_examples)
+        if results[entry.name] is None:
+            progress_of[entry.name] = progress(args.runs_dir / entry.name)
     args.out.write_text(f"# {suite.title}\n\n"
-                        + table(suite, results, args.iw_samples, args.steps, command, args.eval_examples)
+                        + table(suite, results, args.iw_samples, args.steps, command, args.eval_examples, progress_of)
                         + f"\n![KL and reconstruction]({args.out.with_suffix('.png').name})\n",
                         encoding="utf-8")  # fmt: skip
     plot(suite, args.runs_dir, results, args.out.with_suffix(".png"))

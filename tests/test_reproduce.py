@@ -93,7 +93,8 @@ def test_gap_suite_reports_both_gaps(reproduce, tiny_config_path, corpus_dir, tm
     assert approximation == round(gaussian["approximation_gap"], 2)
     (runs / "iaf2" / "test_iw2_n6.json").unlink()
     assert reproduce.main([*argv, "--report-only"]) == 0  # evaluates nothing: the row is pending
-    assert "(pending)" in out.read_text() and not (runs / "iaf2" / "test_iw2_n6.json").exists()
+    assert "trained; test evaluation pending" in out.read_text()  # the row is pending, its training done
+    assert not (runs / "iaf2" / "test_iw2_n6.json").exists()
     iaf = json.loads((runs / "iaf8" / "test_iw2_n6.json").read_text())
     assert iaf["kl_estimate"].startswith("monte-carlo") and "amortization_gap" in iaf["gaps"]
     assert iaf["sentences"] == 6 and iaf["max_examples"] == 6 and iaf["gaps"]["svi_steps"] == 5
@@ -182,10 +183,35 @@ def test_a_run_sharing_another_ones_autoencoder_starts_its_vae_phase_from_it(
     assert "free_bits: 0.3" in (runs / "b/config.yaml").read_text()
     assert not (runs / "b/checkpoints/pretrained.pt").exists()  # it did not pretrain
     a_time = torch.load(runs / "a/checkpoints/pretrained.pt", weights_only=True)["seconds"]
-    b_timing = json.loads((runs / "b/timing.json").read_text())
-    assert b_timing["train_s"] > a_time and b_timing["machines"] == [cpu_name()]  # the shared time counted
+    b_clock = torch.load(runs / "b/checkpoints/last.pt", weights_only=True)["seconds"]
+    b_result = json.loads((runs / "b/test_iw2.json").read_text())
+    assert b_result["train_s"] == b_clock > a_time  # the trainer's clock, the shared autoencoder's time in it
+    assert json.loads((runs / "b/timing.json").read_text())["machines"] == [cpu_name()]
     capsys.readouterr()
     assert reproduce.main(["--only", "c", *shared]) == 2  # another model: it cannot share a's autoencoder
     assert capsys.readouterr().err.strip() == (
         f"error: c cannot start from {runs / 'a/checkpoints/pretrained.pt'}: its config differs in model.hidden_size"
     )  # objective.free_bits differs too, which the VAE phase alone reads
+
+
+def test_a_pending_row_shows_where_its_training_stands(reproduce, tmp_path):
+    # a run to convergence takes sessions; until its test result exists its row says how far it is, from its
+    # last.pt (position, the trainer's clock, which survives kills) and its validation curve
+    suite = dataclasses.replace(reproduce.SUITES["ptb_paper"], entries=[
+        reproduce.Entry("vae", "VAE", lambda s: []), reproduce.Entry("bn", "BN", lambda s: [])])  # fmt: skip
+    run = tmp_path / "vae"
+    (run / "checkpoints").mkdir(parents=True)
+    position = {"step": 83400, "epoch": 63, "batch": 5, "best": 104.0, "bad_evals": 1, "decays": 1}
+    torch.save({"position": position, "seconds": 32100.0, "config": {"optim": {"max_decays": 5}}},
+               run / "checkpoints" / "last.pt")  # fmt: skip
+    curve = [(19725, 150.0, 30.0), (81530, 102.51, 6.79), (82845, 102.39, 6.87), (84160, 102.45, 6.9)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": step, "epoch": step // 1315 - 1, "metrics": {
+        "nelbo": nll + 1.5, "nll": nll, "kl": kl, "iw_samples": 5}}) + "\n" for step, nll, kl in curve))  # fmt: skip
+    progress_of = {"vae": reproduce.progress(run), "bn": reproduce.progress(tmp_path / "bn")}  # bn: not started
+    text = reproduce.table(suite, {"vae": None, "bn": None}, 500, 151225, "python scripts/reproduce.py", None,
+                           progress_of)  # fmt: skip
+    assert ("| VAE | 83,400 so far (epoch 64) | training: best validation IW-5 nll 102.39 (step 82,845, kl 6.87); "
+            "LR decays 1 of 5 | | | | | | 535 min so far | |") in text  # fmt: skip
+    assert "| BN | 151,225 | (pending) |" in text
+    (run / "timing.json").write_text(json.dumps({"machines": ["cpu"], "trained": True}))
+    assert reproduce.progress_cells(reproduce.progress(run)) == "trained; test evaluation pending"
