@@ -15,7 +15,7 @@ finished trainings and evaluations are not repeated. The table goes to --out (re
 reconstruction curves of all runs to the PNG next to it, and each finished row's record (its test result, how far
 it trained, its validation curve) to results/SUITE/NAME_test_iw{K}.json: the table outlives the run directories,
 and a row whose run directory is gone but whose record is kept is not trained again (delete the record to
-retrain it).
+retrain it). The table, plot and records are written by scripts/suite_report.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import subprocess
 import sys
@@ -35,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
-from suites import PAPER_SOURCE, SHARED_PRETRAINING_KEYS, SUITES, Entry, Suite  # noqa: E402
+from suite_report import record_path, result_file, training_state, training_tokens_per_s, write_report  # noqa: E402
+from suites import SHARED_PRETRAINING_KEYS, SUITES, Entry  # noqa: E402
 
 from textvae import config as config_lib  # noqa: E402
-from textvae.core.checkpoint import load_checkpoint  # noqa: E402
 from textvae.core.device import cpu_name, resolve_device  # noqa: E402
 from textvae.errors import TrainingStopped, UserError, require_extra  # noqa: E402
 
@@ -85,18 +84,6 @@ def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> 
     timing_path.write_text(json.dumps(timing), encoding="utf-8")
 
 
-def training_state(run_dir: Path) -> dict | None:
-    """Where a run's training stands, from its last.pt (None before its first checkpoint): the trainer's position
-    (step, epoch, LR decays of this phase), its clock `seconds` (wall time of training and its evaluations, summed
-    over every session, kills included) and the config's `max_decays`."""
-    path = run_dir / "checkpoints" / "last.pt"
-    if not path.is_file():
-        return None
-    state = load_checkpoint(path)
-    max_decays = int(state.get("config", {}).get("optim", {}).get("max_decays", 0))
-    return {**state["position"], "seconds": float(state.get("seconds", 0.0)), "max_decays": max_decays}
-
-
 def start_from_shared_pretraining(entry: Entry, config, run_dir: Path, timing: dict) -> None:
     """Start `entry`'s VAE phase from the autoencoder of the run it shares it with, when that run has finished
     its pretraining: its pretrained.pt becomes this run's last.pt (with the trainer's clock: its training time),
@@ -127,11 +114,6 @@ def start_from_shared_pretraining(entry: Entry, config, run_dir: Path, timing: d
     log.info("%s: starts its VAE phase from %s (step %d), the autoencoder it shares", entry.name, pretrained, step)
 
 
-def result_file(iw_samples: int, examples: int | None) -> str:
-    """test_iw{K}.json for the whole test split, test_iw{K}_n{N}.json for N examples of it."""
-    return f"test_iw{iw_samples}" + (f"_n{examples}" if examples else "") + ".json"
-
-
 def evaluate_once(
     entry: Entry, run_dir: Path, iw_samples: int, precision: str, gaps: dict | None, examples: int | None
 ) -> dict:
@@ -150,211 +132,6 @@ def evaluate_once(
     metrics["machines"] = json.loads((run_dir / "timing.json").read_text(encoding="utf-8")).get("machines", [])
     result_path.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics
-
-
-def record_path(out: Path, name: str, iw_samples: int, examples: int | None) -> Path:
-    """A finished row's record beside the report: results/SUITE/NAME_test_iw{K}.json for results/SUITE.md."""
-    return out.with_suffix("") / f"{name}_{result_file(iw_samples, examples)}"
-
-
-def row_result(run_dir: Path, record: Path | None, iw_samples: int, examples: int | None) -> dict | None:
-    """A row's test result with how far it trained and its curve: from its run (refreshing the record), else, when
-    the run directory is gone, from the record; None while it is pending."""
-    result_path = run_dir / result_file(iw_samples, examples)
-    if result_path.is_file():
-        result = json.loads(result_path.read_text(encoding="utf-8"))
-        result.update(trained=trained_steps(run_dir), curve=curves(run_dir))
-        if record is not None:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            record.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        return result
-    if record is not None and record.is_file() and not run_dir.exists():
-        return json.loads(record.read_text(encoding="utf-8"))
-    return None
-
-
-def progress(run_dir: Path) -> dict | None:
-    """A pending row's progress: `training_state`, the best validation NLL (the training's importance-weighted
-    bound; the nelbo where none was computed) with its step and KL, and whether training has finished; None
-    before the run's first checkpoint."""
-    state = training_state(run_dir)
-    if state is None:
-        return None
-    path = run_dir / "metrics.jsonl"
-    evaluations = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
-    best = None
-    for evaluation in evaluations:
-        m = evaluation["metrics"]
-        value = m.get("nll", m["nelbo"])
-        if value is not None and (best is None or value < best["value"]):
-            best = {"value": value, "bound": f"IW-{m['iw_samples']} nll" if m.get("nll") is not None else "nelbo",
-                    "step": evaluation["step"], "kl": m["kl"]}  # fmt: skip
-    timing = run_dir / "timing.json"
-    trained = timing.is_file() and json.loads(timing.read_text(encoding="utf-8")).get("trained", False)
-    return {**state, "best": best, "trained": trained}
-
-
-def progress_cells(p: dict) -> str:
-    """The nll cell of a pending row: where its training stands."""
-    if p["trained"]:
-        return "trained; test evaluation pending"
-    text = "training"
-    if p["best"]:
-        b = p["best"]
-        text += f": best validation {b['bound']} {b['value']:.2f} (step {b['step']:,}, kl {b['kl']:.2f})"
-    if p["max_decays"]:
-        text += f"; LR decays {p['decays']} of {p['max_decays']}"
-    return text
-
-
-def training_tokens_per_s(run_dir: Path) -> float:
-    """The median of the run's logged train/tokens_per_s (TensorBoard), over the whole run."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values = []
-    for events in sorted((run_dir / "tb").glob("events.*")):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        if "train/tokens_per_s" in accumulator.Tags()["scalars"]:
-            values += [e.value for e in accumulator.Scalars("train/tokens_per_s")]
-    return float(torch.tensor(values).median()) if values else float("nan")
-
-
-def curves(run_dir: Path) -> dict[str, list[float]]:
-    """Validation KL, reconstruction and NLL (the training's importance-weighted bound) at each evaluation, from
-    the run's metrics.jsonl."""
-    out: dict[str, list] = {"step": [], "kl": [], "rec": [], "nll": []}
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            for key in ("kl", "rec"):
-                out[key].append(record["metrics"][key])
-            out["nll"].append(record["metrics"].get("nll"))  # None where the evaluation had no importance samples
-            out["step"].append(record["step"])
-    return out
-
-
-def plot(suite: Suite, runs_dir: Path, results: dict[str, dict | None], path: Path) -> None:
-    """Validation KL, reconstruction and NLL of every row: a finished one's from its result, one training from its
-    run. The NLL axis starts a nat under the best value and spans 15% above it, so that the rows' ends can be told
-    apart (an autoencoder phase's NLL lies far above)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (kl_axis, rec_axis, nll_axis) = plt.subplots(1, 3, figsize=(18, 4.5))
-    lowest = math.inf
-    for entry in suite.entries:
-        data = (results.get(entry.name) or {}).get("curve") or curves(runs_dir / entry.name)
-        if data["step"]:
-            kl_axis.plot(data["step"], data["kl"], label=entry.label)
-            rec_axis.plot(data["step"], data["rec"], label=entry.label)
-        known = [value for value in data.get("nll", []) if value is not None]  # records before 2026-12-04: none
-        if known:
-            nll_axis.plot(data["step"], [math.nan if v is None else v for v in data["nll"]], label=entry.label)
-            lowest = min(lowest, *known)
-    unit = "sentence" if suite.text else "image"
-    kl_axis.set(title=f"validation KL (nats per {unit})", xlabel="step")
-    rec_axis.set(title=f"validation reconstruction -log p(x|z) (nats per {unit})", xlabel="step")
-    nll_axis.set(title=f"validation NLL, importance-weighted (nats per {unit})", xlabel="step")
-    if math.isfinite(lowest):
-        nll_axis.set_ylim(lowest - 1, lowest + 0.15 * abs(lowest) + 1)
-    kl_axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def table(
-    suite: Suite,
-    results: dict[str, dict | None],
-    iw_samples: int,
-    steps: int,
-    command: str,
-    examples: int | None,
-    progress_of: dict[str, dict | None] | None = None,
-) -> str:
-    """The report's table from each row's result (`row_result`; None: pending, shown with its `progress` where
-    `progress_of` has one)."""
-    gap_columns = " nll (q*) | approximation gap | amortization gap |" if suite.gaps else ""
-    split = f"{examples:,} examples spread evenly over the test split" if examples else "the test split"
-    rows = [
-        f"Produced by `{command}`: every run {steps:,} steps (unless its row says otherwise)"
-        + (f" with {', '.join(suite.overrides)}" if suite.overrides else "")
-        + " of the same data and "
-        f"model, best checkpoint by validation nelbo, evaluated on {split} with {iw_samples} importance "
-        "samples" + (f" and the gap report of `textvae evaluate --gaps` ({suite.gaps})." if suite.gaps else "."),
-        "",
-        f"| run | steps | nll | ppl | nelbo | kl | mi | au |{gap_columns} train time | tokens/s |",
-        "|---|---|---|---|---|---|---|---|" + "---|---|---|" * bool(suite.gaps) + "---|---|",
-    ]
-    if suite.converge:
-        rows[0] = rows[0].replace(f"every run {steps:,} steps", f"every run trained until early stopping (or as "
-                                  f"many LR decays as its optim.max_decays), at most {steps:,} steps")  # fmt: skip
-        rows[0] += " steps: the best checkpoint's step of the steps trained, and the epoch of the last evaluation."
-    if suite.published:
-        rows[0] += f" The published column: {PAPER_SOURCE} (ppl / nll / kl / mi / au)."
-        rows[2] += " published |"
-        rows[3] += "---|"
-    for entry in suite.entries:
-        m = results.get(entry.name)
-        run_steps = max(1, round(steps * entry.budget))
-        if m is None:
-            p = (progress_of or {}).get(entry.name)
-            if p is None:
-                cells = f" {run_steps:,} | (pending) |" + " |" * (7 + 3 * bool(suite.gaps))
-            else:  # where it stands: steps so far, its best validation, its clock
-                cells = (f" {p['step']:,} so far (epoch {p['epoch'] + 1}) | {progress_cells(p)} |"
-                         + " |" * (5 + 3 * bool(suite.gaps)) + f" {p['seconds'] / 60:.0f} min so far | |")  # fmt: skip
-            rows.append(f"| {entry.label} |{cells}" + (f" {published(suite, entry.name)} |" if suite.published else ""))
-            continue
-        ppl = f"{m['ppl']:.1f}" if "ppl" in m else "–"
-        gaps = ""
-        if suite.gaps:
-            g = m["gaps"]
-            refined = f"{-g['log_px_refined']:.2f}" if "log_px_refined" in g else "–"  # older reports lack it
-            gaps = f" {refined} | {g['approximation_gap']:.2f} | {g['amortization_gap']:.2f} |"
-        steps_cell = f"{run_steps:,}"
-        if suite.converge:  # the budget was a cap: the best checkpoint's step of the steps trained
-            trained = m.get("trained")
-            best = m.get("checkpoint_step")
-            steps_cell = f"{best:,} of {trained[0]:,} (epoch {trained[1]})" if best and trained else steps_cell
-        rows.append(
-            f"| {entry.label} | {steps_cell} | {m['nll']:.2f} | {ppl} | {m['nelbo']:.2f} | {m['kl']:.2f} "
-            f"| {m['mi']:.2f} | {m['au']} |{gaps} {m['train_s'] / 60:.0f} min | {m['tokens_per_s']:,.0f} |"
-            + (f" {published(suite, entry.name)} |" if suite.published else "")
-        )
-    machines = [f"{entry.label}: {'; '.join(results[entry.name]['machines'])}" for entry in suite.entries
-                if (results.get(entry.name) or {}).get("machines")]  # fmt: skip
-    if machines:
-        rows += ["", "Trained on: " + ". ".join(machines) + "."]
-    unit = "sentence; ppl per word" if suite.text else "image; tokens/s counts images"
-    rows += ["", f"nll, nelbo, kl, mi and the gaps in nats per {unit}; au = active units (of the latent size)."]
-    if suite.gaps:
-        rows[-1] += (" nll: importance sampling from the encoder's posterior; nll (q*): from the SVI-refined one"
-                     " (–: a report from before it was computed). The gaps use the lower of the two.")  # fmt: skip
-    return "\n".join(rows) + "\n"
-
-
-def trained_steps(run_dir: Path) -> tuple[int, int] | None:
-    """(step, 1-based epoch) of a run's last evaluation, from its metrics.jsonl; None before its first."""
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    if not lines:
-        return None
-    last = json.loads(lines[-1])
-    return int(last["step"]), int(last.get("epoch", 0)) + 1
-
-
-def published(suite: Suite, name: str) -> str:
-    """A row's published figures as 'ppl / nll / kl / mi / au', '–' where the paper has none."""
-    figures = (suite.published or {}).get(name)
-    if not figures:
-        return "–"
-    cells = [str(figures[key]) if key in figures else "–" for key in ("ppl", "nll", "kl", "mi", "au")]
-    return " / ".join(cells) + (f" ({figures['note']})" if "note" in figures else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,24 +247,6 @@ def run_in_parallel(chosen: list[Entry], args) -> list[str]:
                 if process.returncode:
                     failed.append(name)
     return failed
-
-
-def write_report(suite: Suite, args, argv: list[str] | None) -> None:
-    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]  # the producing command
-    command = "python scripts/reproduce.py" + "".join(f" {a}" for a in shown)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    results, progress_of = {}, {}
-    for entry in suite.entries:
-        record = record_path(args.out, entry.name, args.iw_samples, args.eval_examples)
-        results[entry.name] = row_result(args.runs_dir / entry.name, record, args.iw_samples, args.eval_examples)
-        if results[entry.name] is None:
-            progress_of[entry.name] = progress(args.runs_dir / entry.name)
-    args.out.write_text(f"# {suite.title}\n\n"
-                        + table(suite, results, args.iw_samples, args.steps, command, args.eval_examples, progress_of)
-                        + f"\n![KL and reconstruction]({args.out.with_suffix('.png').name})\n",
-                        encoding="utf-8")  # fmt: skip
-    plot(suite, args.runs_dir, results, args.out.with_suffix(".png"))
-    print(f"table: {args.out}\nplot: {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

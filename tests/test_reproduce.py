@@ -24,6 +24,11 @@ def reproduce():
     return module
 
 
+@pytest.fixture(scope="module")
+def report(reproduce):
+    return sys.modules["suite_report"]  # the report side, imported by reproduce.py
+
+
 def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_config_path, corpus_dir, tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "results" / "ptb.md"
     argv = ["--config", str(tiny_config_path), "--runs-dir", str(runs), "--out", str(out), "--steps", "12",
@@ -142,7 +147,7 @@ def test_every_run_of_every_suite_is_a_valid_config(reproduce):
                 assert ours["objective"]["pretrain_steps"] > 0
 
 
-def test_a_run_to_convergence_reports_its_best_step_of_the_steps_trained(reproduce, tmp_path):
+def test_a_run_to_convergence_reports_its_best_step_of_the_steps_trained(reproduce, report, tmp_path):
     # the suite's step budget is only a cap there: the row shows where the best checkpoint was and how far it ran
     suite = dataclasses.replace(reproduce.SUITES["ptb_paper"], entries=[reproduce.Entry("lm", "LM", lambda s: [])])
     run = tmp_path / "lm"
@@ -153,8 +158,8 @@ def test_a_run_to_convergence_reports_its_best_step_of_the_steps_trained(reprodu
     metrics = {"kl": 0.0, "rec": 101.0}
     evaluations = [{"step": step, "epoch": step // 1315 - 1, "metrics": metrics} for step in (26300, 27615, 28930)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations))
-    results = {"lm": reproduce.row_result(run, None, 500, None)}
-    text = reproduce.table(suite, results, 500, 150000, "python scripts/reproduce.py", None)
+    results = {"lm": report.row_result(run, None, 500, None)}
+    text = report.table(suite, results, 500, 150000, "python scripts/reproduce.py", None)
     assert "| LM | 26,300 of 28,930 (epoch 22) | 101.00 | 100.5 |" in text
     assert "trained until early stopping (or as many LR decays as its optim.max_decays), at most 150,000 steps" in text
 
@@ -194,7 +199,7 @@ def test_a_run_sharing_another_ones_autoencoder_starts_its_vae_phase_from_it(
     )  # objective.free_bits differs too, which the VAE phase alone reads
 
 
-def test_a_pending_row_shows_where_its_training_stands(reproduce, tmp_path):
+def test_a_pending_row_shows_where_its_training_stands(reproduce, report, tmp_path):
     # a run to convergence takes sessions; until its test result exists its row says how far it is, from its
     # last.pt (position, the trainer's clock, which survives kills) and its validation curve
     suite = dataclasses.replace(reproduce.SUITES["ptb_paper"], entries=[
@@ -202,16 +207,18 @@ def test_a_pending_row_shows_where_its_training_stands(reproduce, tmp_path):
     run = tmp_path / "vae"
     (run / "checkpoints").mkdir(parents=True)
     position = {"step": 83400, "epoch": 63, "batch": 5, "best": 104.0, "bad_evals": 1, "decays": 1}
-    torch.save({"position": position, "seconds": 32100.0, "config": {"optim": {"max_decays": 5}}},
+    torch.save({"position": position, "seconds": 32100.0, "config": {"optim": {"max_decays": 5},
+                "train": {"eval_iw_samples": 5}}},
                run / "checkpoints" / "last.pt")  # fmt: skip
     curve = [(19725, 150.0, 30.0), (81530, 102.51, 6.79), (82845, 102.39, 6.87), (84160, 102.45, 6.9)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": step, "epoch": step // 1315 - 1, "metrics": {
-        "nelbo": nll + 1.5, "nll": nll, "kl": kl, "iw_samples": 5}}) + "\n" for step, nll, kl in curve))  # fmt: skip
-    progress_of = {"vae": reproduce.progress(run), "bn": reproduce.progress(tmp_path / "bn")}  # bn: not started
-    text = reproduce.table(suite, {"vae": None, "bn": None}, 500, 151225, "python scripts/reproduce.py", None,
+    evaluations = [{"step": step, "epoch": step // 1315 - 1, "metrics": {"nelbo": nll + 1.5, "rec": nll - kl,
+                    "nll": nll, "kl": kl, "iw_samples": 5}} for step, nll, kl in curve]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations))
+    progress_of = {"vae": report.progress(run), "bn": report.progress(tmp_path / "bn")}  # bn: not started
+    text = report.table(suite, {"vae": None, "bn": None}, 500, 151225, "python scripts/reproduce.py", None,
                            progress_of)  # fmt: skip
     assert ("| VAE | 83,400 so far (epoch 64) | training: best validation IW-5 nll 102.39 (step 82,845, kl 6.87); "
             "LR decays 1 of 5 | | | | | | 535 min so far | |") in text  # fmt: skip
     assert "| BN | 151,225 | (pending) |" in text
     (run / "timing.json").write_text(json.dumps({"machines": ["cpu"], "trained": True}))
-    assert reproduce.progress_cells(reproduce.progress(run)) == "trained; test evaluation pending"
+    assert report.progress_cells(report.progress(run)) == "trained; test evaluation pending"
