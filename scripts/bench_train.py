@@ -160,9 +160,9 @@ def time_steps(config: Config, steps: int, probe_rounds: int = 3) -> dict:
         "sentences_per_batch": round(sentences / steps, 1),
         "tokens_per_s": round(tokens / elapsed, 1),
         "achieved_gflops": float(f"{achieved:.4g}"),  # 4 significant digits: a tiny model is not 0
-        "matmul_gflops": round(probe.square, 2),
+        "matmul_gflops": float(f"{probe.square:.4g}"),
         "ratio": float(f"{achieved / probe.square:.4g}"),
-        "step_shapes_gflops": round(probe.step_rate(), 2),
+        "step_shapes_gflops": float(f"{probe.step_rate():.4g}"),  # a tiny model's rate is not 0
         "ratio_step_shapes": float(f"{achieved / probe.step_rate():.4g}"),
         "peak_mem_mb": round(memory, 1),
     }
@@ -184,7 +184,18 @@ def to_quality(args, target: float) -> dict:
     """Train from scratch with `textvae train`; stop at the first evaluation whose validation NLL <= target."""
     run_dir = Path(tempfile.mkdtemp(prefix="to_quality_")) / "run"
     sets = [item for override in args.overrides for item in ("--set", override)]
-    command = ["textvae", "train", args.config, "--run-dir", str(run_dir), *sets, "--set", "train.eval_iw_samples=5"]
+    command = [
+        sys.executable,
+        "-m",
+        "textvae",
+        "train",
+        args.config,
+        "--run-dir",
+        str(run_dir),
+        *sets,
+        "--set",
+        "train.eval_iw_samples=5",
+    ]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(run_dir.parent / "train.log", "w"))
     metrics = run_dir / "metrics.jsonl"

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -195,3 +197,13 @@ def test_a_one_megabyte_line_is_read_and_truncated(tmp_path):
     tok = WordTokenizer.build(sentences, DataConfig())
     split = TextSplit(sentences, tok, max_length=50)
     assert split.truncated == 1 and max(split.lengths) == 52
+
+
+def test_without_the_datasets_package_a_file_reads_as_the_loader_reads_it(tmp_path, monkeypatch):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"one two\r\nthree\rfour  \n\nfive \xc3\xa9\n")
+    with_loader = corpus_lib.read_lines(path)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
+    without = corpus_lib.read_lines(path)
+    assert without == with_loader
+    assert without == ["one two", "three", "four  ", "", "five é"]

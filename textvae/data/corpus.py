@@ -126,6 +126,12 @@ def _decode_utf8(path: Path) -> str:
         raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {error.start})") from None
 
 
+def _plain_lines(text: str) -> list[str]:
+    """`text` split into lines as the `datasets` text loader splits them (universal newlines)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def read_lines(path: Path) -> list[str]:
     """Read a text file, one example per line, with the `datasets` text loader (offline, own cache)."""
     if not path.is_file():
@@ -133,17 +139,19 @@ def read_lines(path: Path) -> list[str]:
     text = _decode_utf8(path)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import datasets
-    from datasets.utils.extract import Extractor
-
     if not text:
         return []
+    try:
+        import datasets
+        from datasets.utils.extract import Extractor
+    except ImportError:  # e.g. a GPU image with torch but without `datasets`: the loader's own line split
+        log.info("the datasets package is not installed: %s read as plain text", path)
+        return _plain_lines(text)
     if Extractor.infer_extractor_format(str(path)):
         # Text that happens to start like an archive ("BZh", "PK\x03\x04"): the loader would try to
         # unpack it. Split it the way the loader does (universal newlines) instead.
         log.info("%s starts like a compressed file; read as plain text", path)
-        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        return lines[:-1] if lines[-1] == "" else lines
+        return _plain_lines(text)
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     dataset = datasets.load_dataset(
