@@ -14,7 +14,7 @@
 # Then through the device tool: run(command="bash scripts/device_check.sh", carry=[".data"], timeout_s=570)
 # Everything it measures lands in $OUT: bench.jsonl (one JSON line a benchmark), device_check.log, the training's
 # log and metrics. Where the machine's CPU has AMX, the CPU bench last. A rehearsal on a CPU, small sizes:
-#   DEVICE=cpu STEPS=3 MINUTES=0.3 IW=2 EXTRA='--set model.hidden_size=32 --set model.embedding_dim=16' \
+#   DEVICE=cpu PRECISION=fp32 STEPS=3 MINUTES=0.3 IW=2 EXTRA='--set model.hidden_size=32 --set model.embedding_dim=16' \
 #   PY=python bash scripts/device_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/device_out}
@@ -22,6 +22,7 @@ DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-30}
 MINUTES=${MINUTES:-3}
 IW=${IW:-500}
+PRECISION=${PRECISION:-bf16}  # of the bf16 rows (a rehearsal on a CPU without bf16 units: fp32)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} TEXTVAE_DATA_DIR=${TEXTVAE_DATA_DIR:-$PWD/.data}
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
@@ -46,22 +47,22 @@ bench() {  # a label, then bench_train.py's arguments
   log "bench $label"
   timeout 100 $PY scripts/bench_train.py "$@" "${extra[@]}" --steps "$STEPS" --json 2>>"$LOG" | tee -a "$OUT/bench.jsonl"
 }
-bench "large VAE, bf16, 32k-token batches" $large "${on[@]}" --set train.precision=bf16 \
+bench "large VAE, bf16, 32k-token batches" $large "${on[@]}" --set train.precision=$PRECISION \
   --set train.max_tokens=32768 --set train.batch_size=8192
-bench "large VAE, bf16, 128k-token batches" $large "${on[@]}" --set train.precision=bf16 \
+bench "large VAE, bf16, 128k-token batches" $large "${on[@]}" --set train.precision=$PRECISION \
   --set train.max_tokens=131072 --set train.batch_size=16384
 bench "large VAE, fp32 (TF32 on CUDA), 32k-token batches" $large "${on[@]}" --set train.precision=fp32 \
   --set train.max_tokens=32768 --set train.batch_size=8192
 bench "large LM, bf16, 32k-token batches" configs/text/ptb_lstm_lm_large.yaml "${on[@]}" \
-  --set train.precision=bf16 --set train.max_tokens=32768 --set train.batch_size=8192
+  --set train.precision=$PRECISION --set train.max_tokens=32768 --set train.batch_size=8192
 
 log "IW-500 evaluation, large VAE (fresh weights), bf16, the whole test split"
-timeout 120 $PY scripts/bench_eval.py $large --iw-samples "$IW" --sentences 0 --precision bf16 --json \
+timeout 120 $PY scripts/bench_eval.py $large --iw-samples "$IW" --sentences 0 --precision "$PRECISION" --json \
   "${on[@]}" "${extra[@]}" 2>>"$LOG" | tee -a "$OUT/bench.jsonl"
 
 [ -n "${SKIP_TRAIN:-}" ] && { log "done (SKIP_TRAIN)"; exit 0; }
 log "train the large VAE for $MINUTES minutes (32k-token batches, bf16) and time it to validation NLL 100"
-timeout 300 $PY scripts/bench_train.py $large --to-quality 100 --json "${on[@]}" --set train.precision=bf16 \
+timeout 300 $PY scripts/bench_train.py $large --to-quality 100 --json "${on[@]}" --set train.precision=$PRECISION \
   --set train.max_tokens=32768 --set train.batch_size=8192 --set train.eval_every=50 --set train.eval_batch_size=512 \
   --set train.max_minutes="$MINUTES" --set train.early_stopping=0 "${extra[@]}" 2>>"$LOG" | tee -a "$OUT/bench.jsonl" > "$OUT/quality.json"
 run=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['run_dir'])" "$OUT/quality.json" 2>/dev/null)
@@ -69,7 +70,7 @@ if [ -n "$run" ] && [ -d "$run" ]; then
   cp "$run/metrics.jsonl" "$OUT/train_metrics.jsonl"; cp "$run/../train.log" "$OUT/train.log"
   log "IW-500 over the test split, the trained large VAE (best.pt), bf16"
   SECONDS=0
-  timeout 120 $PY -m textvae evaluate "$run" --iw-samples "$IW" --precision bf16 --json 2>>"$LOG" | tee "$OUT/test_eval.json"
+  timeout 120 $PY -m textvae evaluate "$run" --iw-samples "$IW" --precision "$PRECISION" --json 2>>"$LOG" | tee "$OUT/test_eval.json"
   log "evaluate took $SECONDS s"
 fi
 if grep -q amx_bf16 /proc/cpuinfo && [ "$DEVICE" = cuda ]; then  # the device machine's CPU has AMX: bench it too
