@@ -184,18 +184,8 @@ def to_quality(args, target: float) -> dict:
     """Train from scratch with `textvae train`; stop at the first evaluation whose validation NLL <= target."""
     run_dir = Path(tempfile.mkdtemp(prefix="to_quality_")) / "run"
     sets = [item for override in args.overrides for item in ("--set", override)]
-    command = [
-        sys.executable,
-        "-m",
-        "textvae",
-        "train",
-        args.config,
-        "--run-dir",
-        str(run_dir),
-        *sets,
-        "--set",
-        "train.eval_iw_samples=5",
-    ]
+    command = [sys.executable, "-m", "textvae", "train", args.config, "--run-dir", str(run_dir), *sets,
+               "--set", "train.eval_iw_samples=5"]  # fmt: skip
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(run_dir.parent / "train.log", "w"))
     metrics = run_dir / "metrics.jsonl"
