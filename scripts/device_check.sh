@@ -47,28 +47,28 @@ bench() {  # a label, then bench_train.py's arguments
   log "bench $label"
   timeout 100 $PY scripts/bench_train.py "$@" "${extra[@]}" --steps "$STEPS" --json 2>>"$LOG" | tee -a "$OUT/bench.jsonl"
 }
-bench "large VAE, bf16, 32k-token batches" $large "${on[@]}" --set train.precision=$PRECISION \
+bench "large VAE, $PRECISION, 32k-token batches" $large "${on[@]}" --set train.precision=$PRECISION \
   --set train.max_tokens=32768 --set train.batch_size=8192
-bench "large VAE, bf16, 128k-token batches" $large "${on[@]}" --set train.precision=$PRECISION \
+bench "large VAE, $PRECISION, 128k-token batches" $large "${on[@]}" --set train.precision=$PRECISION \
   --set train.max_tokens=131072 --set train.batch_size=16384
 bench "large VAE, fp32 (TF32 on CUDA), 32k-token batches" $large "${on[@]}" --set train.precision=fp32 \
   --set train.max_tokens=32768 --set train.batch_size=8192
-bench "large LM, bf16, 32k-token batches" configs/text/ptb_lstm_lm_large.yaml "${on[@]}" \
+bench "large LM, $PRECISION, 32k-token batches" configs/text/ptb_lstm_lm_large.yaml "${on[@]}" \
   --set train.precision=$PRECISION --set train.max_tokens=32768 --set train.batch_size=8192
 
-log "IW-500 evaluation, large VAE (fresh weights), bf16, the whole test split"
+log "IW-500 evaluation, large VAE (fresh weights), $PRECISION, the whole test split"
 timeout 120 $PY scripts/bench_eval.py $large --iw-samples "$IW" --sentences 0 --precision "$PRECISION" --json \
   "${on[@]}" "${extra[@]}" 2>>"$LOG" | tee -a "$OUT/bench.jsonl"
 
 [ -n "${SKIP_TRAIN:-}" ] && { log "done (SKIP_TRAIN)"; exit 0; }
-log "train the large VAE for $MINUTES minutes (32k-token batches, bf16) and time it to validation NLL 100"
+log "train the large VAE for $MINUTES minutes (32k-token batches, $PRECISION) and time it to validation NLL 100"
 timeout 300 $PY scripts/bench_train.py $large --to-quality 100 --json "${on[@]}" --set train.precision=$PRECISION \
   --set train.max_tokens=32768 --set train.batch_size=8192 --set train.eval_every=50 --set train.eval_batch_size=512 \
   --set train.max_minutes="$MINUTES" --set train.early_stopping=0 "${extra[@]}" 2>>"$LOG" | tee -a "$OUT/bench.jsonl" > "$OUT/quality.json"
 run=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['run_dir'])" "$OUT/quality.json" 2>/dev/null)
 if [ -n "$run" ] && [ -d "$run" ]; then
   cp "$run/metrics.jsonl" "$OUT/train_metrics.jsonl"; cp "$run/../train.log" "$OUT/train.log"
-  log "IW-500 over the test split, the trained large VAE (best.pt), bf16"
+  log "IW-500 over the test split, the trained large VAE (best.pt), $PRECISION"
   SECONDS=0
   timeout 120 $PY -m textvae evaluate "$run" --iw-samples "$IW" --precision "$PRECISION" --json 2>>"$LOG" | tee "$OUT/test_eval.json"
   log "evaluate took $SECONDS s"
