@@ -53,7 +53,8 @@ def trained_steps(run_dir: Path) -> tuple[int, int] | None:
 def training_state(run_dir: Path) -> dict | None:
     """Where a run's training stands, from its last.pt (None before its first checkpoint): the trainer's position
     (step, epoch, LR decays of this phase), its clock `seconds` (wall time of training and its evaluations, summed
-    over every session, kills included), the config's `max_decays` and `iw_samples` of its validation NLL."""
+    over every session, kills included), the config's `max_decays`, `iw_samples` of its validation NLL and
+    `pretrain_steps` (its autoencoder phase, 0 without one)."""
     path = run_dir / "checkpoints" / "last.pt"
     if not path.is_file():
         return None
@@ -61,17 +62,20 @@ def training_state(run_dir: Path) -> dict | None:
     config = state.get("config", {})
     return {**state["position"], "seconds": float(state.get("seconds", 0.0)),
             "max_decays": int(config.get("optim", {}).get("max_decays", 0)),
-            "iw_samples": int(config.get("train", {}).get("eval_iw_samples", 0))}  # fmt: skip
+            "iw_samples": int(config.get("train", {}).get("eval_iw_samples", 0)),
+            "pretrain_steps": int(config.get("objective", {}).get("pretrain_steps", 0))}  # fmt: skip
 
 
 def progress(run_dir: Path) -> dict | None:
-    """A pending row's progress: `training_state`, its lowest validation NLL as (nll, step, kl) from its `curves`
-    (None before one was computed), and whether training has finished; None before the run's first checkpoint."""
+    """A pending row's progress: `training_state`, its lowest validation NLL of the VAE phase as (nll, step, kl)
+    from its `curves` (None before one was computed; an autoencoder's evaluations do not count), and whether
+    training has finished; None before the run's first checkpoint."""
     state = training_state(run_dir)
     if state is None:
         return None
     curve = curves(run_dir)
-    scored = [(nll, step, kl) for nll, step, kl in zip(curve["nll"], curve["step"], curve["kl"]) if nll is not None]
+    scored = [(nll, step, kl) for nll, step, kl in zip(curve["nll"], curve["step"], curve["kl"])
+              if nll is not None and step > state["pretrain_steps"]]  # fmt: skip
     timing = run_dir / "timing.json"
     trained = timing.is_file() and json.loads(timing.read_text(encoding="utf-8")).get("trained", False)
     return {**state, "best": min(scored, default=None), "trained": trained}
@@ -82,7 +86,9 @@ def progress_cells(p: dict) -> str:
     if p["trained"]:
         return "trained; test evaluation pending"
     text = "training"
-    if p["best"]:
+    if p.get("pretrain_steps", 0) > p["step"]:
+        text = f"AE pretraining (until step {p['pretrain_steps']:,})"
+    elif p["best"]:
         nll, step, kl = p["best"]
         text += f": best validation IW-{p['iw_samples']} nll {nll:.2f} (step {step:,}, kl {kl:.2f})"
     if p["max_decays"]:

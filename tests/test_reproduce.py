@@ -222,3 +222,28 @@ def test_a_pending_row_shows_where_its_training_stands(reproduce, report, tmp_pa
     assert "| BN | 151,225 | (pending) |" in text
     (run / "timing.json").write_text(json.dumps({"machines": ["cpu"], "trained": True}))
     assert report.progress_cells(report.progress(run)) == "trained; test evaluation pending"
+
+
+def test_a_row_in_its_autoencoder_phase_says_so_and_its_best_is_of_the_vae_phase(report, tmp_path):
+    # the autoencoder's validation NLL (KL weight 0, a code of 60+ nats) is not the row's result: until the VAE
+    # phase begins the cell says where the pretraining ends, and afterwards the best counts only VAE evaluations
+    run = tmp_path / "fb"
+    (run / "checkpoints").mkdir(parents=True)
+
+    def save(step: int) -> None:
+        position = {"step": step, "epoch": step // 1315, "batch": 0, "best": 0.0, "bad_evals": 0, "decays": 0}
+        torch.save({"position": position, "seconds": 600.0, "config": {"optim": {"max_decays": 5},
+                    "train": {"eval_iw_samples": 5}, "objective": {"pretrain_steps": 19725}}},
+                   run / "checkpoints" / "last.pt")  # fmt: skip
+
+    curve = [(1315, 180.43, 66.96), (2630, 110.0, 80.0), (21040, 120.5, 7.1), (22355, 118.25, 6.9)]
+    evaluations = [{"step": step, "epoch": step // 1315 - 1, "metrics": {"nelbo": nll + 1.5, "rec": nll - kl,
+                    "nll": nll, "kl": kl, "iw_samples": 5}} for step, nll, kl in curve]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations[:2]))
+    save(8000)
+    assert report.progress_cells(report.progress(run)) == "AE pretraining (until step 19,725); LR decays 0 of 5"
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations))
+    save(22400)
+    assert report.progress_cells(report.progress(run)) == (
+        "training: best validation IW-5 nll 118.25 (step 22,355, kl 6.90); LR decays 0 of 5"
+    )
