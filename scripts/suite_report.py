@@ -86,7 +86,7 @@ def progress_cells(p: dict) -> str:
     if p["trained"]:
         return "trained; test evaluation pending"
     text = "training"
-    if p.get("pretrain_steps", 0) > p["step"]:
+    if p["pretrain_steps"] > p["step"]:
         text = f"AE pretraining (until step {p['pretrain_steps']:,})"
     elif p["best"]:
         nll, step, kl = p["best"]
