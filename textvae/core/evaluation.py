@@ -27,6 +27,7 @@ from textvae.core.estimators import (
     posterior_mean,
 )
 from textvae.core.latent import LatentModel, posterior_kl
+from textvae.core.logs import duration
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,29 @@ class Journal:
             self.path.unlink(missing_ok=True)
 
 
+class ProgressLog:
+    """Off a terminal (nohup, a cluster job), where tqdm's bar is silent, one log line every `every` seconds: the
+    batches done of `total` and an ETA from the pace of this session's batches (`resumed`: those a journal held)."""
+
+    def __init__(self, total: int | None, resumed: int, quiet: bool, every: float = 60.0):
+        self.total, self.resumed, self.quiet, self.every = total, resumed, quiet, every
+        self.start = self.said = time.monotonic()
+
+    def batch_done(self, done: int) -> None:
+        now = time.monotonic()
+        if self.quiet or now - self.said < self.every:
+            return
+        self.said = now
+        log.info("evaluate: %s", self.line(done, now - self.start))
+
+    def line(self, done: int, elapsed: float) -> str:
+        """'batch 12/59, ETA 31m 20s' (without a total: 'batch 12')."""
+        if self.total is None:
+            return f"batch {done}"
+        pace = elapsed / max(1, done - self.resumed)
+        return f"batch {done}/{self.total}, ETA {duration((self.total - done) * pace)}"
+
+
 @torch.no_grad()
 def evaluate(
     model: LatentModel,
@@ -157,7 +181,9 @@ def evaluate(
     noise = torch.randn(AU_SAMPLES, model.latent_dim, generator=torch.Generator().manual_seed(seed)) if flow else None
     done = journal.records if journal is not None else []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for index, batch in enumerate(tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None)):
+        bar = tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None)
+        progress = ProgressLog(len(batches) if hasattr(batches, "__len__") else None, len(done), quiet=not bar.disable)
+        for index, batch in enumerate(bar):
             if index < len(done):
                 record = done[index]
             else:
@@ -166,6 +192,7 @@ def evaluate(
                                          flow, noise, counts)  # fmt: skip
                 if journal is not None:
                     journal.add(record)
+                progress.batch_done(index + 1)
             totals["rec"] += record["rec"]
             totals["kl"] += record["kl"]
             totals["nll"] += record["nll"]
