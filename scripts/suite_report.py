@@ -124,22 +124,30 @@ def curves(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
+def clip_top(axis, top: float) -> None:
+    """End `axis` at `top` where its data reach above (and `top` is positive)."""
+    if axis.get_ylim()[1] > top > 0:
+        axis.set_ylim(top=top)
+
+
 def plot(suite: Suite, runs_dir: Path, results: dict[str, dict | None], path: Path) -> None:
     """Validation KL, reconstruction and NLL of every row: a finished one's from its result, one training from its
     run. The NLL axis starts a nat under the best value and spans 15% above it, so that the rows' ends can be told
-    apart (an autoencoder phase's NLL lies far above)."""
+    apart (an autoencoder phase's NLL lies far above); the KL and reconstruction axes end at 3× and 1.2× the largest
+    of the rows' last values, where an autoencoder phase (KL ~120 nats) or a decoder reset would squash them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (kl_axis, rec_axis, nll_axis) = plt.subplots(1, 3, figsize=(18, 4.5))
-    lowest = math.inf
+    lowest, last_kl, last_rec = math.inf, 0.0, 0.0
     for entry in suite.entries:
         data = (results.get(entry.name) or {}).get("curve") or curves(runs_dir / entry.name)
         if data["step"]:
             kl_axis.plot(data["step"], data["kl"], label=entry.label)
             rec_axis.plot(data["step"], data["rec"], label=entry.label)
+            last_kl, last_rec = max(last_kl, data["kl"][-1]), max(last_rec, data["rec"][-1])
         known = [value for value in data.get("nll", []) if value is not None]  # records before 2026-12-04: none
         if known:
             nll_axis.plot(data["step"], [math.nan if v is None else v for v in data["nll"]], label=entry.label)
@@ -150,6 +158,8 @@ def plot(suite: Suite, runs_dir: Path, results: dict[str, dict | None], path: Pa
     nll_axis.set(title=f"validation NLL, importance-weighted (nats per {unit})", xlabel="step")
     if math.isfinite(lowest):
         nll_axis.set_ylim(lowest - 1, lowest + 0.15 * abs(lowest) + 1)
+    clip_top(kl_axis, 3 * last_kl)
+    clip_top(rec_axis, 1.2 * last_rec)
     kl_axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -247,3 +247,21 @@ def test_a_row_in_its_autoencoder_phase_says_so_and_its_best_is_of_the_vae_phase
     assert report.progress_cells(report.progress(run)) == (
         "training: best validation IW-5 nll 118.25 (step 22,355, kl 6.90); LR decays 0 of 5"
     )
+
+
+def test_the_plots_axes_end_above_the_rows_last_values_not_at_an_autoencoder_phase(report):
+    matplotlib = pytest.importorskip("matplotlib", reason="the plot needs the plots extra")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots()
+    axis.plot([0, 1, 2], [120.0, 30.0, 7.0])  # KL through an AE phase and after it
+    report.clip_top(axis, 3 * 7.0)
+    assert axis.get_ylim()[1] == 21.0
+    figure_2, axis_2 = plt.subplots()
+    axis_2.plot([0, 1], [2.0, 3.0])
+    before = axis_2.get_ylim()
+    report.clip_top(axis_2, 300.0)  # data below the cut: the axis stays as matplotlib set it
+    assert axis_2.get_ylim() == before and before[1] < 4
+    plt.close(figure)
+    plt.close(figure_2)
