@@ -1,14 +1,12 @@
 """evaluate(): its aggregation against hand-computed numbers, MI beside its ceiling log N on a Gaussian channel
 whose MI is known in closed form, and active units of the z the decoder reads under a flow."""
 
-import functools
 import logging
 import math
 
 import pytest
 import torch
 
-from textvae.core import evaluation
 from textvae.core.estimators import AU_SAMPLES, posterior_mean
 from textvae.core.evaluation import Journal, ProgressLog, evaluate
 from textvae.core.flows import attach_flow
@@ -228,13 +226,13 @@ def test_off_a_terminal_a_long_evaluation_logs_its_batches_and_an_eta(caplog, mo
     # 2 batches evaluated in this session (10 resumed from a journal) in 100 s: 50 s each, 47 to go
     assert ProgressLog(59, resumed=10, quiet=False).line(12, 100.0) == "batch 12/59, ETA 39m 10s"
     assert ProgressLog(None, resumed=0, quiet=False).line(3, 9.0) == "batch 3"
-    monkeypatch.setattr(evaluation, "ProgressLog", functools.partial(ProgressLog, every=0))
+    monkeypatch.setattr(ProgressLog, "EVERY", 0.0)  # a line after every batch
     batches = [_Batch(torch.randn(3, 2), torch.zeros(3, 2)) for _ in range(3)]
     with caplog.at_level(logging.INFO, logger="textvae.core.evaluation"):
         evaluate(_GivenPosterior(2), batches, 4, CPU)  # pytest captures stderr: no terminal, tqdm is silent
     lines = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("evaluate: ")]
     assert lines == ["evaluate: batch 1/3", "evaluate: batch 2/3", "evaluate: batch 3/3"]
     caplog.clear()
-    quiet = ProgressLog(3, resumed=0, quiet=True, every=0)  # on a terminal the bar says it
+    quiet = ProgressLog(3, resumed=0, quiet=True)  # on a terminal the bar says it
     quiet.batch_done(1)
     assert not caplog.records

@@ -1,6 +1,7 @@
 """Flow posteriors (planar, IAF), SVI refinement and the inference gaps."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from textvae import config as config_lib
 from textvae.api import load
 from textvae.cli import main
 from textvae.core.estimators import iw_log_likelihood, iw_log_weights
+from textvae.core.evaluation import ProgressLog
 from textvae.core.flows import PLANAR_MARGIN, Flow, IAFLayer, PlanarFlow, attach_flow
 from textvae.core.gaps import elbo_at, inference_gaps, refine
 from textvae.core.gaussian import log_normal
@@ -200,6 +202,17 @@ def test_gap_report_estimates_log_px_from_the_refined_posterior_too():
     assert report["approximation_gap"] + report["amortization_gap"] == pytest.approx(
         report["log_px"] - report["elbo_amortized"]
     )
+
+
+def test_off_a_terminal_the_gap_report_logs_its_batches(caplog, monkeypatch):
+    monkeypatch.setattr(ProgressLog, "EVERY", 0.0)  # a line after every batch
+    weight = torch.tensor([[1.0, 0.9], [0.9, 1.0], [1.0, 1.0]])
+    batches = [_Batch(torch.randn(4, 3)) for _ in range(2)]
+    with caplog.at_level(logging.INFO, logger="textvae.core.evaluation"):
+        inference_gaps(_LinearGaussian(weight, 0.5).eval(), batches, torch.device("cpu"), -5.0, svi_steps=2,
+                       svi_lr=0.05, svi_samples=2, elbo_samples=2, iw_samples=0)  # fmt: skip
+    lines = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("gaps (SVI): ")]
+    assert lines == ["gaps (SVI): batch 1/2", "gaps (SVI): batch 2/2"]
 
 
 def test_flow_runs_train_and_report_gaps(tiny_config_path, corpus_dir, tmp_path, capsys):

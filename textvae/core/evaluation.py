@@ -120,19 +120,27 @@ class Journal:
 
 
 class ProgressLog:
-    """Off a terminal (nohup, a cluster job), where tqdm's bar is silent, one log line every `every` seconds: the
+    """Off a terminal (nohup, a cluster job), where tqdm's bar is silent, one log line every EVERY seconds: the
     batches done of `total` and an ETA from the pace of this session's batches (`resumed`: those a journal held)."""
 
-    def __init__(self, total: int | None, resumed: int, quiet: bool, every: float = 60.0):
-        self.total, self.resumed, self.quiet, self.every = total, resumed, quiet, every
+    EVERY = 60.0  # seconds between two lines
+
+    def __init__(self, total: int | None, resumed: int, quiet: bool, label: str = "evaluate"):
+        self.total, self.resumed, self.quiet, self.label = total, resumed, quiet, label
         self.start = self.said = time.monotonic()
+
+    @classmethod
+    def of(cls, bar: tqdm, resumed: int = 0, label: str = "evaluate") -> ProgressLog:
+        """The log beside tqdm's `bar` over a sequence of batches: silent where the bar is shown."""
+        total = len(bar.iterable) if hasattr(bar.iterable, "__len__") else None
+        return cls(total, resumed, quiet=not bar.disable, label=label)
 
     def batch_done(self, done: int) -> None:
         now = time.monotonic()
-        if self.quiet or now - self.said < self.every:
+        if self.quiet or now - self.said < self.EVERY:
             return
         self.said = now
-        log.info("evaluate: %s", self.line(done, now - self.start))
+        log.info("%s: %s", self.label, self.line(done, now - self.start))
 
     def line(self, done: int, elapsed: float) -> str:
         """'batch 12/59, ETA 31m 20s' (without a total: 'batch 12')."""
@@ -182,7 +190,7 @@ def evaluate(
     done = journal.records if journal is not None else []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         bar = tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None)
-        progress = ProgressLog(len(batches) if hasattr(batches, "__len__") else None, len(done), quiet=not bar.disable)
+        progress = ProgressLog.of(bar, resumed=len(done))
         for index, batch in enumerate(bar):
             if index < len(done):
                 record = done[index]

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from textvae.core.device import autocast
 from textvae.core.estimators import iw_chunk, iw_log_likelihood, iw_log_weights
+from textvae.core.evaluation import ProgressLog
 from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import bound_logvar
 from textvae.core.latent import LatentModel, log_prior, posterior_kl
@@ -84,7 +85,9 @@ def inference_gaps(
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            for batch in tqdm(batches, desc="gaps (SVI)", unit="batch", leave=False, disable=None):
+            bar = tqdm(batches, desc="gaps (SVI)", unit="batch", leave=False, disable=None)
+            progress = ProgressLog.of(bar, label="gaps (SVI)")
+            for index, batch in enumerate(bar):
                 batch = batch.to(device)
                 with torch.no_grad(), autocast(device, precision):
                     mu, logvar = model.encode(batch)
@@ -98,6 +101,7 @@ def inference_gaps(
                         log_w = iw_log_weights(model, batch, mu_star, logvar_star, iw_samples, chunk)[0]
                         refined_log_px += float(iw_log_likelihood(log_w).sum())
                 examples += batch.size
+                progress.batch_done(index + 1)
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
