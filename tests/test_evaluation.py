@@ -224,7 +224,9 @@ def test_a_journal_of_other_settings_or_a_damaged_one_is_not_used(tmp_path):
 
 def test_off_a_terminal_a_long_evaluation_logs_its_batches_and_an_eta(caplog, monkeypatch):
     # 2 batches evaluated in this session (10 resumed from a journal) in 100 s: 50 s each, 47 to go
-    assert ProgressLog(59, resumed=10, quiet=False).line(12, 100.0) == "batch 12/59, ETA 39m 10s"
+    assert ProgressLog([1] * 59, resumed=10, quiet=False).line(12, 100.0) == "batch 12/59, ETA 39m 10s"
+    # weighed by the batches' work: 2 units in 10 s, 6 to go (longer batches at the end of a split)
+    assert ProgressLog([1, 1, 2, 4], resumed=0, quiet=False).line(2, 10.0) == "batch 2/4, ETA 30s"
     assert ProgressLog(None, resumed=0, quiet=False).line(3, 9.0) == "batch 3"
     monkeypatch.setattr(ProgressLog, "EVERY", 0.0)  # a line after every batch
     batches = [_Batch(torch.randn(3, 2), torch.zeros(3, 2)) for _ in range(3)]
@@ -233,6 +235,6 @@ def test_off_a_terminal_a_long_evaluation_logs_its_batches_and_an_eta(caplog, mo
     lines = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("evaluate: ")]
     assert lines == ["evaluate: batch 1/3", "evaluate: batch 2/3", "evaluate: batch 3/3"]
     caplog.clear()
-    quiet = ProgressLog(3, resumed=0, quiet=True)  # on a terminal the bar says it
+    quiet = ProgressLog([1, 1, 1], resumed=0, quiet=True)  # on a terminal the bar says it
     quiet.batch_done(1)
     assert not caplog.records

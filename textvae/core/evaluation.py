@@ -121,19 +121,22 @@ class Journal:
 
 class ProgressLog:
     """Off a terminal (nohup, a cluster job), where tqdm's bar is silent, one log line every EVERY seconds: the
-    batches done of `total` and an ETA from the pace of this session's batches (`resumed`: those a journal held)."""
+    batches done and an ETA from the pace of this session's batches (`resumed`: those a journal held), weighed by
+    `sizes`, each batch's work (its decoder positions: a split's batches grow longer towards its end); None where
+    the batches are not known ahead."""
 
     EVERY = 60.0  # seconds between two lines
 
-    def __init__(self, total: int | None, resumed: int, quiet: bool, label: str = "evaluate"):
-        self.total, self.resumed, self.quiet, self.label = total, resumed, quiet, label
+    def __init__(self, sizes: list[int] | None, resumed: int, quiet: bool, label: str = "evaluate"):
+        self.sizes, self.resumed, self.quiet, self.label = sizes, resumed, quiet, label
         self.start = self.said = time.monotonic()
 
     @classmethod
     def of(cls, bar: tqdm, resumed: int = 0, label: str = "evaluate") -> ProgressLog:
-        """The log beside tqdm's `bar` over a sequence of batches: silent where the bar is shown."""
-        total = len(bar.iterable) if hasattr(bar.iterable, "__len__") else None
-        return cls(total, resumed, quiet=not bar.disable, label=label)
+        """The log beside tqdm's `bar` over the batches: silent where the bar is shown."""
+        batches = bar.iterable
+        sizes = [getattr(batch, "footprint", 1) for batch in batches] if isinstance(batches, (list, tuple)) else None
+        return cls(sizes, resumed, quiet=not bar.disable, label=label)
 
     def batch_done(self, done: int) -> None:
         now = time.monotonic()
@@ -143,11 +146,11 @@ class ProgressLog:
         log.info("%s: %s", self.label, self.line(done, now - self.start))
 
     def line(self, done: int, elapsed: float) -> str:
-        """'batch 12/59, ETA 31m 20s' (without a total: 'batch 12')."""
-        if self.total is None:
+        """'batch 12/59, ETA 31m 20s' (without sizes: 'batch 12')."""
+        if self.sizes is None:
             return f"batch {done}"
-        pace = elapsed / max(1, done - self.resumed)
-        return f"batch {done}/{self.total}, ETA {duration((self.total - done) * pace)}"
+        pace = elapsed / max(1, sum(self.sizes[self.resumed : done]))
+        return f"batch {done}/{len(self.sizes)}, ETA {duration(sum(self.sizes[done:]) * pace)}"
 
 
 @torch.no_grad()
