@@ -133,10 +133,10 @@ class ProgressLog:
 
     @classmethod
     def of(cls, bar: tqdm, resumed: int = 0, label: str = "evaluate") -> ProgressLog:
-        """The log beside tqdm's `bar` over the batches: silent where the bar is shown."""
+        """The log beside tqdm's `bar` over the batches: silent where the bar is shown, and on ranks other than 0."""
         batches = bar.iterable
         sizes = [getattr(batch, "footprint", 1) for batch in batches] if isinstance(batches, (list, tuple)) else None
-        return cls(sizes, resumed, quiet=not bar.disable, label=label)
+        return cls(sizes, resumed, quiet=not bar.disable or distributed.rank() > 0, label=label)
 
     def batch_done(self, done: int) -> None:
         now = time.monotonic()
