@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from textvae.core.estimators import AU_SAMPLES, posterior_mean
-from textvae.core.evaluation import Journal, ProgressLog, evaluate
+from textvae.core.evaluation import Journal, evaluate
 from textvae.core.flows import attach_flow
 from textvae.core.latent import LatentModel
+from textvae.core.logs import ProgressLog
 from textvae.text_metrics import evaluate_text
 
 CPU = torch.device("cpu")
@@ -230,7 +231,7 @@ def test_off_a_terminal_a_long_evaluation_logs_its_batches_and_an_eta(caplog, mo
     assert ProgressLog(None, resumed=0, quiet=False).line(3, 9.0) == "batch 3"
     monkeypatch.setattr(ProgressLog, "EVERY", 0.0)  # a line after every batch
     batches = [_Batch(torch.randn(3, 2), torch.zeros(3, 2)) for _ in range(3)]
-    with caplog.at_level(logging.INFO, logger="textvae.core.evaluation"):
+    with caplog.at_level(logging.INFO, logger="textvae.core.logs"):
         evaluate(_GivenPosterior(2), batches, 4, CPU)  # pytest captures stderr: no terminal, tqdm is silent
     lines = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("evaluate: ")]
     assert lines == ["evaluate: batch 1/3", "evaluate: batch 2/3", "evaluate: batch 3/3"]

@@ -12,11 +12,11 @@ from textvae import config as config_lib
 from textvae.api import load
 from textvae.cli import main
 from textvae.core.estimators import iw_log_likelihood, iw_log_weights
-from textvae.core.evaluation import ProgressLog
 from textvae.core.flows import PLANAR_MARGIN, Flow, IAFLayer, PlanarFlow, attach_flow
 from textvae.core.gaps import elbo_at, inference_gaps, refine
 from textvae.core.gaussian import log_normal
 from textvae.core.latent import LatentModel
+from textvae.core.logs import ProgressLog
 from textvae.errors import UserError
 
 
@@ -208,7 +208,7 @@ def test_off_a_terminal_the_gap_report_logs_its_batches(caplog, monkeypatch):
     monkeypatch.setattr(ProgressLog, "EVERY", 0.0)  # a line after every batch
     weight = torch.tensor([[1.0, 0.9], [0.9, 1.0], [1.0, 1.0]])
     batches = [_Batch(torch.randn(4, 3)) for _ in range(2)]
-    with caplog.at_level(logging.INFO, logger="textvae.core.evaluation"):
+    with caplog.at_level(logging.INFO, logger="textvae.core.logs"):
         inference_gaps(_LinearGaussian(weight, 0.5).eval(), batches, torch.device("cpu"), -5.0, svi_steps=2,
                        svi_lr=0.05, svi_samples=2, elbo_samples=2, iw_samples=0)  # fmt: skip
     lines = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("gaps (SVI): ")]

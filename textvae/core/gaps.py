@@ -17,12 +17,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from textvae.core import distributed
 from textvae.core.device import autocast
 from textvae.core.estimators import iw_chunk, iw_log_likelihood, iw_log_weights
-from textvae.core.evaluation import ProgressLog
 from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import bound_logvar
 from textvae.core.latent import LatentModel, log_prior, posterior_kl
+from textvae.core.logs import ProgressLog
 
 
 def elbo_at(model: LatentModel, batch: Any, mu: Tensor, logvar: Tensor, samples: int) -> Tensor:
@@ -86,7 +87,7 @@ def inference_gaps(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             bar = tqdm(batches, desc="gaps (SVI)", unit="batch", leave=False, disable=None)
-            progress = ProgressLog.of(bar, label="gaps (SVI)")
+            progress = ProgressLog.of(bar, label="gaps (SVI)", rank=distributed.rank())
             for index, batch in enumerate(bar):
                 batch = batch.to(device)
                 with torch.no_grad(), autocast(device, precision):

@@ -31,6 +31,40 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+class ProgressLog:
+    """Off a terminal (nohup, a cluster job), where tqdm's bar is silent, one log line every EVERY seconds: the
+    batches done and an ETA from the pace of this session's batches (`resumed`: those a journal held), weighed by
+    `sizes`, each batch's work (its decoder positions: a split's batches grow longer towards its end); None where
+    the batches are not known ahead."""
+
+    EVERY = 60.0  # seconds between two lines
+
+    def __init__(self, sizes: list[int] | None, resumed: int, quiet: bool, label: str = "evaluate"):
+        self.sizes, self.resumed, self.quiet, self.label = sizes, resumed, quiet, label
+        self.start = self.said = time.monotonic()
+
+    @classmethod
+    def of(cls, bar: tqdm, resumed: int = 0, label: str = "evaluate", rank: int = 0) -> ProgressLog:
+        """The log beside tqdm's `bar` over the batches: silent where the bar is shown, and on ranks other than 0."""
+        batches = bar.iterable
+        sizes = [getattr(batch, "footprint", 1) for batch in batches] if isinstance(batches, (list, tuple)) else None
+        return cls(sizes, resumed, quiet=not bar.disable or rank > 0, label=label)
+
+    def batch_done(self, done: int) -> None:
+        now = time.monotonic()
+        if self.quiet or now - self.said < self.EVERY:
+            return
+        self.said = now
+        logging.getLogger(__name__).info("%s: %s", self.label, self.line(done, now - self.start))
+
+    def line(self, done: int, elapsed: float) -> str:
+        """'batch 12/59, ETA 31m 20s' (without sizes: 'batch 12')."""
+        if self.sizes is None:
+            return f"batch {done}"
+        pace = elapsed / max(1, sum(self.sizes[self.resumed : done]))
+        return f"batch {done}/{len(self.sizes)}, ETA {duration(sum(self.sizes[done:]) * pace)}"
+
+
 class NullWriter:
     """Stands in for the SummaryWriter on ranks other than 0: only rank 0 writes logs."""
 
