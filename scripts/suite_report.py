@@ -124,10 +124,13 @@ def curves(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def clip_top(axis, top: float) -> None:
-    """End `axis` at `top` where its data reach above (and `top` is positive)."""
+def clip_top(axis, top: float, bottom: float | None = None) -> None:
+    """End `axis` at `top` where its data reach above (and `top` is positive); start it at `bottom` if given (a KL
+    axis at 0: the margin matplotlib leaves under data that once reached 120 nats would go below -5)."""
     if axis.get_ylim()[1] > top > 0:
         axis.set_ylim(top=top)
+    if bottom is not None:
+        axis.set_ylim(bottom=bottom)
 
 
 def plot(suite: Suite, runs_dir: Path, results: dict[str, dict | None], path: Path) -> None:
@@ -158,7 +161,7 @@ def plot(suite: Suite, runs_dir: Path, results: dict[str, dict | None], path: Pa
     nll_axis.set(title=f"validation NLL, importance-weighted (nats per {unit})", xlabel="step")
     if math.isfinite(lowest):
         nll_axis.set_ylim(lowest - 1, lowest + 0.15 * abs(lowest) + 1)
-    clip_top(kl_axis, 3 * last_kl)
+    clip_top(kl_axis, 3 * last_kl, bottom=0.0)
     clip_top(rec_axis, 1.2 * last_rec)
     kl_axis.legend(fontsize=7)
     figure.tight_layout()

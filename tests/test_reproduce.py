@@ -255,9 +255,11 @@ def test_the_plots_axes_end_above_the_rows_last_values_not_at_an_autoencoder_pha
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots()
-    axis.plot([0, 1, 2], [120.0, 30.0, 7.0])  # KL through an AE phase and after it
+    axis.plot([0, 1, 2, 3], [0.0, 120.0, 30.0, 7.0])  # KL from 0, through an AE phase and after it
     report.clip_top(axis, 3 * 7.0)
-    assert axis.get_ylim()[1] == 21.0
+    assert axis.get_ylim()[1] == 21.0 and axis.get_ylim()[0] < 0  # matplotlib's margin under the data
+    report.clip_top(axis, 3 * 7.0, bottom=0.0)  # a KL axis starts at 0
+    assert axis.get_ylim() == (0.0, 21.0)
     figure_2, axis_2 = plt.subplots()
     axis_2.plot([0, 1], [2.0, 3.0])
     before = axis_2.get_ylim()
