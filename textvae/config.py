@@ -61,7 +61,7 @@ class ModelConfig:
     num_heads: int = 4  # attention heads; must divide embedding_dim
     max_positions: int = 256  # longest sequence (<bos>/<eos> included) the position table covers
     z_injection: str = "embedding"  # embedding | memory | both (DELLA / Optimus)
-    tie_embeddings: bool = False  # output projection shares the input embedding (Transformer decoder)
+    tie_embeddings: bool = False  # the output layer shares the decoder's input embedding (LSTM: via a map to its width)
     # Image models (MNIST): an MLP with hidden_sizes (comma-separated; empty: num_layers x hidden_size), or conv
     architecture: str = "mlp"  # mlp | conv
     hidden_sizes: str = ""  # e.g. "500,500,2000" (VaDE); the decoder mirrors the encoder

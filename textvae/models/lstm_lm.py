@@ -150,26 +150,40 @@ def rnn_flops_per_token(inputs: int, hidden: int, layers: int, cell: str = "lstm
     return 2 * gates * hidden * (inputs + hidden) + (layers - 1) * 2 * gates * hidden * (2 * hidden)
 
 
+def output_width(config: ModelConfig) -> int:
+    """The width the output layer reads: embedding_dim under model.tie_embeddings, else hidden_size."""
+    return config.embedding_dim if config.tie_embeddings else config.hidden_size
+
+
+def output_flops_per_token(config: ModelConfig, vocab: int) -> float:
+    """Matmul FLOPs of one prediction: the output layer, and the map of the state to a tied layer's width."""
+    width = output_width(config)
+    return 2 * width * vocab + (2 * config.hidden_size * width if width != config.hidden_size else 0)
+
+
 Shape = tuple[int, int, int]  # a GEMM [m, k] @ [k, n]
 
 
 def rnn_gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float, latent: int,
                     stacks: int) -> list[tuple[Shape, float]]:  # fmt: skip
     """The main GEMMs of a training step of `stacks` recurrent stacks (decoder, encoder), each with its forward FLOPs
-    per token: the recurrence, the input projection, the output layer (in BLOCK_ROWS-row blocks)."""
+    per token: the recurrence, the input projection, the output layer (in BLOCK_ROWS-row blocks) and the map to a
+    tied output layer's width."""
     hidden, inputs, rows = config.hidden_size, config.embedding_dim + latent, max(1, round(tokens))
-    gates = CELLS[config.rnn][1]
-    return [
+    gates, width = CELLS[config.rnn][1], output_width(config)
+    shapes = [
         ((max(1, round(sentences)), hidden, gates * hidden), stacks * 2 * hidden * gates * hidden),
         ((rows, inputs, gates * hidden), stacks * 2 * inputs * gates * hidden),
-        ((min(rows, BLOCK_ROWS), hidden, vocab), 2 * hidden * vocab),
+        ((min(rows, BLOCK_ROWS), width, vocab), 2 * width * vocab),
     ]
+    return shapes + ([((rows, hidden, width), 2 * hidden * width)] if width != hidden else [])
 
 
 def uniform_init_(modules: list[nn.Module]) -> None:
     """He et al. 2019 / Li et al. 2019's initialization (model.init uniform): every weight and bias U(-0.01, 0.01),
-    embeddings U(-0.1, 0.1) with the padding row kept at zero."""
+    embeddings U(-0.1, 0.1) with the padding row kept at zero (also where an output layer shares them)."""
     with torch.no_grad():
+        embeddings = {id(layer.weight) for m in modules for layer in m.modules() if isinstance(layer, nn.Embedding)}
         for module in modules:
             for layer in module.modules():
                 if isinstance(layer, nn.Embedding):
@@ -178,7 +192,8 @@ def uniform_init_(modules: list[nn.Module]) -> None:
                         layer.weight[layer.padding_idx].zero_()
                 else:
                     for parameter in layer.parameters(recurse=False):
-                        parameter.uniform_(-0.01, 0.01)
+                        if id(parameter) not in embeddings:
+                            parameter.uniform_(-0.01, 0.01)
 
 
 class LSTMDecoder(nn.Module):
@@ -198,7 +213,14 @@ class LSTMDecoder(nn.Module):
         self.add_module(self.cell, cell(config.embedding_dim + latent_dim, config.hidden_size, config.num_layers,
                                         batch_first=True))  # fmt: skip
         self.output_dropout = Dropout(config.output_dropout)
-        self.output = nn.Linear(config.hidden_size, vocab_size)
+        # model.tie_embeddings (Press & Wolf 2017, Inan et al. 2017): the output layer shares the input embedding and
+        # reads the state through a linear map to embedding_dim where the sizes differ
+        width = output_width(config)
+        tied_projection = config.tie_embeddings and width != config.hidden_size
+        self.output_projection = nn.Linear(config.hidden_size, width, bias=False) if tied_projection else None
+        self.output = nn.Linear(width, vocab_size)
+        if config.tie_embeddings:
+            self.output.weight = self.embedding.weight
         # Bowman et al. 2016: z -> initial cell state of every layer; h0 = tanh(c0) (a GRU: h0 = tanh(W z)).
         self.latent_to_state = nn.Linear(latent_dim, config.num_layers * config.hidden_size) if latent_dim else None
         # skip-VAE (Dieng et al. 2019): z reaches every prediction without passing through the recurrence
@@ -208,9 +230,11 @@ class LSTMDecoder(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """model.init uniform over torch's defaults; again after a decoder reset (core/remedies.py)."""
-        if self.uniform_init:
-            uniform_init_([self])
+        """model.init uniform over torch's defaults; again after a decoder reset (core/remedies.py). A tied output
+        layer's embedding starts U(-0.1, 0.1) under any init: torch's N(0, 1) rows would give logits of std
+        ~sqrt(embedding_dim)."""
+        if self.uniform_init or self.output.weight is self.embedding.weight:
+            uniform_init_([self] if self.uniform_init else [self.embedding])
 
     @property
     def recurrent(self) -> nn.RNNBase:
@@ -240,12 +264,18 @@ class LSTMDecoder(nn.Module):
         tokens, flat_z, samples = repeat_for_samples(tokens, z)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         hidden, _ = self.hidden(inputs, flat_z)
-        return sequence_log_prob(self.output_dropout(hidden), targets, self.output, self.pad_id).view(-1, samples)
+        log_probs = sequence_log_prob(self.output_dropout(hidden), targets, self.output, self.pad_id,
+                                      self.output_projection)  # fmt: skip
+        return log_probs.view(-1, samples)
+
+    def readout(self, hidden: Tensor) -> Tensor:
+        """What the output layer reads: the states, or their map to embedding_dim under a tied output layer."""
+        return hidden if self.output_projection is None else self.output_projection(hidden)
 
     def step(self, token: Tensor, z: Tensor | None, state) -> tuple[Tensor, State]:
         """One decoding step, keeping the recurrent state. token: [N] -> logits [N, V] and the new state."""
         hidden, state = self.hidden(token.unsqueeze(1), z, state)
-        return self.output(hidden[:, 0]).float(), state
+        return self.output(self.readout(hidden[:, 0])).float(), state
 
     @staticmethod
     def reorder_state(state: State, index: Tensor) -> State:
@@ -264,7 +294,7 @@ class LSTMLM(DecoderLM):
     def flops(config: ModelConfig, vocab: int, tokens: float, sentences: float, samples: int = 1) -> float:
         """Forward matmul FLOPs over `tokens` predicted tokens in `sentences` sentences (`samples` is for the VAE)."""
         per_token = rnn_flops_per_token(config.embedding_dim, config.hidden_size, config.num_layers, config.rnn)
-        return (per_token + 2 * config.hidden_size * vocab) * tokens
+        return (per_token + output_flops_per_token(config, vocab)) * tokens
 
     @staticmethod
     def gemm_shapes(config: ModelConfig, vocab: int, sentences: float, tokens: float) -> list[tuple[Shape, float]]:

@@ -14,6 +14,7 @@ from textvae.models.lstm_lm import (
     CELLS,
     LSTMDecoder,
     Shape,
+    output_flops_per_token,
     rnn_flops_per_token,
     rnn_gemm_shapes,
     run_recurrent,
@@ -84,7 +85,7 @@ class LSTMVAE(LatentModel):
         directions = 2 if config.bidirectional else 1
         encoder = directions * rnn_flops_per_token(config.embedding_dim, hidden, layers, config.rnn) * tokens
         recurrence = rnn_flops_per_token(config.embedding_dim + latent, hidden, layers, config.rnn)
-        decoder = (recurrence + 2 * hidden * vocab) * tokens
+        decoder = (recurrence + output_flops_per_token(config, vocab)) * tokens
         posterior = 2 * directions * hidden * 2 * latent * sentences
         latent_maps = 2 * latent * (layers + config.latent_skip) * hidden * sentences  # initial state (and skip)
         return encoder + posterior + samples * (decoder + latent_maps)

@@ -18,16 +18,18 @@ def repeat_for_samples(tokens: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor
     return tokens, z.reshape(-1, z.shape[-1]), samples
 
 
-def sequence_log_prob(hidden: Tensor, targets: Tensor, output: nn.Linear, pad_id: int) -> Tensor:
-    """Sum over real positions of log p(target). hidden: [N, T, H], targets: [N, T] -> [N].
+def sequence_log_prob(hidden: Tensor, targets: Tensor, output: nn.Linear, pad_id: int, readout=None) -> Tensor:
+    """Sum over real positions of log p(target). hidden: [N, T, H], targets: [N, T] -> [N]; `readout`, a map of
+    the states to the output layer's width (a tied output layer's), applies to the real positions only.
 
     Only real positions reach the output projection: padding rows never touch the vocabulary-wide softmax.
     """
     mask = targets != pad_id
+    rows = hidden[mask] if readout is None else readout(hidden[mask])
     if torch.is_grad_enabled():
-        token_nll = linear_nll(hidden[mask], targets[mask], output)
+        token_nll = linear_nll(rows, targets[mask], output)
     else:  # evaluation: the same numbers without an [M, V] log-softmax in memory
-        token_nll = target_nll(hidden[mask], targets[mask], output)
+        token_nll = target_nll(rows, targets[mask], output)
     nll = torch.zeros(mask.shape, dtype=token_nll.dtype, device=targets.device)
     nll[mask] = token_nll
     return -nll.sum(1)
