@@ -192,6 +192,12 @@ PAPER = [
           lambda s: _paper_vae(0.0, "model.bn_gamma=0.6", "objective.kl_schedule=constant",
                                "model.init=uniform_decoder", "model.embedding_dim=512", "model.hidden_size=1024",
                                "optim.lr_patience=1")),
+    # the same with the decoder's output layer tied to its embedding (Press & Wolf 2017; Inan et al. 2017), through
+    # a 1,024 -> 512 map: the output layer's 10.2M weights become 0.5M (docs/results_ptb.md)
+    Entry("bn_vae_large_tied", "BN-VAE γ=0.6, 512/1,024 units, tied output layer (SGD)",
+          lambda s: _paper_vae(0.0, "model.bn_gamma=0.6", "objective.kl_schedule=constant",
+                               "model.init=uniform_decoder", "model.embedding_dim=512", "model.hidden_size=1024",
+                               "model.tie_embeddings=true", "optim.lr_patience=1")),
 ]  # fmt: skip
 # Li et al. 2019 as tabulated in Optimus (Li et al. 2020), Table 8: NLL by 500 importance samples, nats per sentence.
 PAPER_SOURCE = "Li et al. 2019, as tabulated in Optimus (Li et al. 2020), Table 8"
