@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,7 +20,8 @@ def repeat_for_samples(tokens: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor
     return tokens, z.reshape(-1, z.shape[-1]), samples
 
 
-def sequence_log_prob(hidden: Tensor, targets: Tensor, output: nn.Linear, pad_id: int, readout=None) -> Tensor:
+def sequence_log_prob(hidden: Tensor, targets: Tensor, output: nn.Linear, pad_id: int,
+                      readout: Callable[[Tensor], Tensor] | None = None) -> Tensor:  # fmt: skip
     """Sum over real positions of log p(target). hidden: [N, T, H], targets: [N, T] -> [N]; `readout`, a map of
     the states to the output layer's width (a tied output layer's), applies to the real positions only.
 
