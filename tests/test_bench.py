@@ -49,3 +49,19 @@ def test_time_to_quality_is_read_off_a_runs_log(tmp_path):
         f"bench_train: {tmp_path} has no metrics.jsonl (not a run directory, or never evaluated)"
     ]
     assert _bench_train("--from-run", str(run)).returncode == 2  # --from-run needs --to-quality
+
+
+def test_the_own_lstm_of_the_lstm_bench_gives_the_fp64_gradients():
+    """bench_lstm.py's LSTM of our own (the prototype docs/performance.md times against oneDNN's): its bf16
+    gradients of the inputs, both initial states, the weights and the bias point where the fp64 LSTM's do."""
+    command = [sys.executable, str(ROOT / "scripts/bench_lstm.py"), "--hidden", "24", "--inputs", "10", "--shapes",
+               "5x4", "--own", "eager", "--repeats", "1"]  # fmt: skip
+    if "bf16" not in subprocess.run([sys.executable, "-c", _HAS_BF16_LSTM], capture_output=True, text=True).stdout:
+        command += ["--skip-onednn"]
+    lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
+    own = next(line for line in lines if line.startswith("eager"))
+    cosines = [float(value) for value in own.split("fp64:")[1].split()[1::2]]
+    assert len(cosines) == 6 and min(cosines) > 0.999, own
+
+
+_HAS_BF16_LSTM = "from textvae.models.lstm_lm import onednn_bf16_lstm; print('bf16' if onednn_bf16_lstm() else '')"
