@@ -233,8 +233,10 @@ class LSTMDecoder(nn.Module):
         """model.init uniform over torch's defaults; again after a decoder reset (core/remedies.py). A tied output
         layer's embedding starts U(-0.1, 0.1) under any init: torch's N(0, 1) rows would give logits of std
         ~sqrt(embedding_dim)."""
-        if self.uniform_init or self.output.weight is self.embedding.weight:
-            uniform_init_([self] if self.uniform_init else [self.embedding])
+        if self.uniform_init:
+            uniform_init_([self])
+        elif self.output.weight is self.embedding.weight:
+            uniform_init_([self.embedding])
 
     @property
     def recurrent(self) -> nn.RNNBase:
@@ -264,8 +266,7 @@ class LSTMDecoder(nn.Module):
         tokens, flat_z, samples = repeat_for_samples(tokens, z)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         hidden, _ = self.hidden(inputs, flat_z)
-        log_probs = sequence_log_prob(self.output_dropout(hidden), targets, self.output, self.pad_id,
-                                      self.output_projection)  # fmt: skip
+        log_probs = sequence_log_prob(self.output_dropout(hidden), targets, self.output, self.pad_id, self.readout)
         return log_probs.view(-1, samples)
 
     def readout(self, hidden: Tensor) -> Tensor:
