@@ -56,6 +56,8 @@ class ModelConfig:
     encoder_dropout: bool = True  # lstm_vae: embedding_dropout on the encoder's embeddings too (false: the decoder's
     # only, as in He et al. / Li et al. 2019's released code)
     output_dropout: float = 0.0  # dropout on the decoder's states before the output layer (Transformer: in blocks)
+    weight_drop: float = 0.0  # LSTM decoder: DropConnect on its hidden-to-hidden weights, one mask a batch (Wan et al.
+    # 2013; AWD-LSTM, Merity et al. 2018), in training only
     word_dropout: float = 0.0  # decoder input tokens replaced by <unk> in training mode (Bowman et al. 2016)
     # Transformer models: embedding_dim is the model width, hidden_size the feed-forward width
     num_heads: int = 4  # attention heads; must divide embedding_dim
@@ -127,6 +129,10 @@ class OptimConfig:
     reload_best: bool = False  # at each plateau decay, go back to the weights and optimizer state of best.pt, the
     # new LR kept (as He et al. / Li et al. 2019's released code does)
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps (Transformers); 0 disables
+    average: str = "none"  # none | uniform | ema: validate, keep best.pt and rebuild models with an average of the
+    # weights along training (uniform: Polyak & Juditsky 1992, the average of AWD-LSTM's ASGD; core/average.py)
+    average_from_step: int = 0  # the average takes in the weights after this global step and later ones
+    average_decay: float = 0.999  # ema only: the weight of the old average at each step
 
 
 @dataclass(frozen=True)

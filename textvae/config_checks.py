@@ -34,6 +34,7 @@ _CHOICES = {
     ("objective", "kl_schedule"): ("constant", "linear", "logistic", "cyclical"),
     ("objective", "free_bits_mode"): ("dim", "example", "vector"),
     ("optim", "name"): ("adam", "sgd"),
+    ("optim", "average"): ("none", "uniform", "ema"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("fp32", "bf16", "auto"),
     ("train", "compile"): ("none", "default", "reduce-overhead"),
@@ -65,6 +66,7 @@ _PROBABILITIES = {
     ("data", "holdout"),
     ("model", "embedding_dropout"),
     ("model", "output_dropout"),
+    ("model", "weight_drop"),
     ("model", "word_dropout"),
     ("objective", "cycle_ratio"),
 }
@@ -146,6 +148,10 @@ def validate(config: Config) -> Config:
                         f"{model.name}")  # fmt: skip
     if not 0.0 < config.optim.lr_decay <= 1.0:
         raise UserError(f"config key optim.lr_decay: must be in (0, 1] (1 disables), got {config.optim.lr_decay}")
+    if not 0.0 < config.optim.average_decay < 1.0:
+        raise UserError(f"config key optim.average_decay: must be in (0, 1), got {config.optim.average_decay}")
+    if model.weight_drop and model.rnn != "lstm":
+        raise UserError("config key model.weight_drop: is for LSTM decoders (model.rnn: lstm)")
     if "num_heads" in entry.reads and model.embedding_dim % model.num_heads:
         raise UserError(f"config key model.num_heads: {model.num_heads} does not divide model.embedding_dim")
     if "max_positions" in entry.reads and model.max_positions < config.data.max_length + 2:

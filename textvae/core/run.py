@@ -78,4 +78,9 @@ def load_trained(run_dir: Path, config: Config, model: nn.Module, checkpoint: st
         model.load_state_dict(state["model"])
     except RuntimeError:
         raise UserError(f"{path}: checkpoint does not match the model in {config_file}") from None
+    average = state.get("average") or {}
+    if average.get("count"):  # optim.average: the weights validation saw, in last.pt too (best.pt holds them)
+        with torch.no_grad():
+            for param, value in zip(model.parameters(), average["averages"]):
+                param.copy_(value)
     return state["position"]["step"]

@@ -21,6 +21,7 @@ from torch import nn
 
 from textvae.config import Config, OptimConfig, to_dict
 from textvae.core import distributed
+from textvae.core.average import WeightAverage
 from textvae.core.checkpoint import load_checkpoint, remove_partial_writes, restore_rng, rng_state, save_checkpoint
 from textvae.core.hooks import Hook, StepAccess, load_hook_states
 from textvae.core.logs import TrainingLog, TrainWindow, drop_metrics_after
@@ -85,6 +86,7 @@ class Trainer:
         self.objective = Objective(model, config)
         self.stepper = Stepper(model, self.objective, config, device, self.world)
         self.optimizer, self.scheduler = self.stepper.optimizer, self.stepper.scheduler
+        self.average = WeightAverage(model, config.optim)  # what validation and best.pt see (optim.average)
         self.signals = StopSignals()
         self._plan: list[list[int]] = []  # this epoch's batches
         self._window = TrainWindow()  # steps since the last train/ log
@@ -100,6 +102,7 @@ class Trainer:
             "position": vars(self.position).copy(),
             "seconds": self.seconds,
             "hooks": {**self._carried, **{hook.name: hook.state_dict() for hook in self.hooks}},
+            "average": self.average.state_dict(),
             "rng": rng_state(),
             "rng_ranks": distributed.gather(rng_state()) if self.world > 1 else [],
             "config": to_dict(self.config),
@@ -131,6 +134,7 @@ class Trainer:
         if "decays" not in state["position"]:  # saved before optim.max_decays: the count is in the LR
             self.position.decays = decays_in(self.optimizer.param_groups[0]["lr"], self.config.optim)
         self.seconds = float(state.get("seconds", 0.0))
+        self.average.load_state_dict(state.get("average"))
         self._carried = dict(state.get("hooks") or {})
         # before issue 21 the remedies' state sat in the position; it is theirs now
         load_hook_states(self.hooks, state.get("hooks") or legacy_hook_states(state["position"]))
@@ -166,6 +170,7 @@ class Trainer:
             return None
         self.position.skipped_in_row = 0
         self.stepper.apply(step)
+        self.average.update(step)
         size = sums["size"]
         stats = {"loss": sums["loss"], "rec": sums["rec"] / size, "kl": sums["kl"] / size,
                  "kl_weight": self.objective.schedule(step), "grad_norm": sums["grad_norm"]}  # fmt: skip
@@ -246,6 +251,7 @@ class Trainer:
         for hook in self.hooks:
             hook.end_of_pretraining(self.model)
         self.stepper.restart()
+        self.average.restart()
         self.position.best, self.position.bad_evals, self.position.decays = math.inf, 0, 0
         self.save(self.last_path)  # a resumed run never runs the hooks twice
 
@@ -268,7 +274,16 @@ class Trainer:
 
     def evaluate(self, logs: TrainingLog, scheduled: bool = True) -> dict[str, Any]:
         """Validate and log; when `scheduled`, also step the LR scheduler, call the hooks, keep best.pt, count
-        stalls (a report-only evaluation changes no state, so a resumed run matches a straight one)."""
+        stalls (a report-only evaluation changes no state, so a resumed run matches a straight one). Under
+        optim.average the average of the weights stands in for them throughout."""
+        with self.average.applied():
+            metrics, decayed = self._evaluate(logs, scheduled)
+        if decayed and self.config.optim.reload_best and self.best_path.is_file():
+            self._reload_best()
+        return metrics
+
+    def _evaluate(self, logs: TrainingLog, scheduled: bool) -> tuple[dict[str, Any], bool]:
+        """evaluate's validation, logs and best.pt; -> the metrics and whether the LR decayed."""
         step, main = self.position.step, self.rank == 0
         metrics = self.evaluate_fn(self.model)
         seconds = self._tick()  # the training clock when this result was known, kept by the checkpoint after it
@@ -291,15 +306,15 @@ class Trainer:
             self.save(self.best_path)
         elif scheduled:
             self.position.bad_evals += 1
-        if decayed and optim.reload_best and self.best_path.is_file():
-            self._reload_best()
         logs.flush(step, metrics)
-        return metrics
+        return metrics, decayed
 
     def _reload_best(self) -> None:
-        """Back to best.pt's weights and optimizer state, keeping the LR the plateau decay just set."""
+        """Back to best.pt's weights and optimizer state, keeping the LR the plateau decay just set (under
+        optim.average, best.pt's weights are the average, which restarts from them)."""
         best = load_checkpoint(self.best_path)
         self.model.load_state_dict(best["model"])
+        self.average.restart()
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(best["optimizer"])
         for group, lr in zip(self.optimizer.param_groups, lrs):

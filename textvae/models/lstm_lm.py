@@ -57,33 +57,44 @@ def onednn_bf16_lstm() -> bool:
     return True
 
 
-def run_recurrent(rnn: nn.RNNBase, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-    """rnn(inputs, state) for batch-first inputs [N, T, E]. A bf16 LSTM on a CPU gets its batch padded with zero
-    rows up to a multiple of BATCH_MULTIPLE (N >= 32), and, when it is trained at a hidden size whose oneDNN
-    gradients are wrong, extra zero hidden units (see padded_lstm); the padding is cut from the outputs and the
-    final state, so the result is the plain call's."""
+def run_recurrent(rnn: nn.RNNBase, inputs: Tensor, state: State | None = None,
+                  weight_drop: float = 0.0) -> tuple[Tensor, State]:  # fmt: skip
+    """rnn(inputs, state) for batch-first inputs [N, T, E], an LSTM's hidden-to-hidden weights under DropConnect with
+    probability `weight_drop` while it trains. A bf16 LSTM on a CPU gets its batch padded with zero rows up to a
+    multiple of BATCH_MULTIPLE (N >= 32), and, when it is trained at a hidden size whose oneDNN gradients are wrong,
+    extra zero hidden units (see padded_lstm); the padding is cut from the outputs and the final state, so the
+    result is the plain call's."""
+    if not rnn.training:
+        weight_drop = 0.0
     if not _bf16_cpu_lstm(rnn, inputs):
-        return rnn(inputs, state)
+        return padded_lstm(rnn, inputs, state, 0, weight_drop) if weight_drop else rnn(inputs, state)
     if not onednn_bf16_lstm():  # a CPU without AVX512: the recurrence in fp32, the rest of the step as autocast has it
         with torch.autocast("cpu", enabled=False):
-            return rnn(inputs.float(), None if state is None else tuple(part.float() for part in state))
+            inputs, state = inputs.float(), None if state is None else tuple(part.float() for part in state)
+            return padded_lstm(rnn, inputs, state, 0, weight_drop) if weight_drop else rnn(inputs, state)
     rows = inputs.shape[0]
     pad = -rows % BATCH_MULTIPLE if rows >= 2 * BATCH_MULTIPLE else 0
     extra = bf16_hidden_padding(rnn.input_size, rnn.hidden_size, rnn.num_layers) if torch.is_grad_enabled() else 0
-    if not (pad or extra):
+    if not (pad or extra or weight_drop):
         return rnn(inputs, state)
     if pad:
         inputs = F.pad(inputs, (0, 0, 0, 0, 0, pad))
         if state is not None:
             state = tuple(F.pad(part, (0, 0, 0, pad)) for part in state)
-    outputs, (h, c) = padded_lstm(rnn, inputs, state, extra) if extra else rnn(inputs, state)
+    if extra or weight_drop:
+        outputs, (h, c) = padded_lstm(rnn, inputs, state, extra, weight_drop)
+    else:
+        outputs, (h, c) = rnn(inputs, state)
     return outputs[:rows], (h[:, :rows], c[:, :rows])
 
 
-def padded_lstm(rnn: nn.LSTM, inputs: Tensor, state: State | None, extra: int) -> tuple[Tensor, State]:
+def padded_lstm(rnn: nn.LSTM, inputs: Tensor, state: State | None, extra: int,
+                weight_drop: float = 0.0) -> tuple[Tensor, State]:  # fmt: skip
     """rnn(inputs, state) (batch-first, unidirectional) computed by an LSTM of hidden_size + extra units whose extra
     units have zero weights and biases: their gates are 1/2 and their cell input tanh(0) = 0, so their state stays
-    0 and adds nothing to the real units. The gradients reach rnn's own parameters through the padding."""
+    0 and adds nothing to the real units. The gradients reach rnn's own parameters through the padding. With
+    `weight_drop`, each layer's hidden-to-hidden weights are dropped with one mask for every timestep (Merity et
+    al. 2018's WeightDrop, Wan et al. 2013's DropConnect), kept ones scaled by 1 / (1 - weight_drop)."""
     size, layers = rnn.hidden_size, rnn.num_layers
 
     def gate_rows(weight: Tensor) -> Tensor:  # [4H, ...] -> [4(H + extra), ...]: zero rows after each gate's block
@@ -93,6 +104,8 @@ def padded_lstm(rnn: nn.LSTM, inputs: Tensor, state: State | None, extra: int) -
     weights = []
     for layer in range(layers):
         w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+        if weight_drop:
+            w_hh = F.dropout(w_hh, weight_drop)
         w_ih = gate_rows(w_ih) if layer == 0 else F.pad(gate_rows(w_ih), (0, extra))
         weights += [w_ih, F.pad(gate_rows(w_hh), (0, extra))]
         if rnn.bias:
@@ -213,6 +226,7 @@ class LSTMDecoder(nn.Module):
         self.add_module(self.cell, cell(config.embedding_dim + latent_dim, config.hidden_size, config.num_layers,
                                         batch_first=True))  # fmt: skip
         self.output_dropout = Dropout(config.output_dropout)
+        self.weight_drop = config.weight_drop  # DropConnect on the recurrence's hidden-to-hidden weights (training)
         # model.tie_embeddings (Press & Wolf 2017, Inan et al. 2017): the output layer shares the input embedding and
         # reads the state through a linear map to embedding_dim where the sizes differ
         width = output_width(config)
@@ -256,7 +270,7 @@ class LSTMDecoder(nn.Module):
             emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1).to(emb.dtype)], dim=-1)
         if state is None:
             state = self.initial_state(z, inputs.shape[0], inputs.device)
-        hidden, state = run_recurrent(self.recurrent, emb, state)
+        hidden, state = run_recurrent(self.recurrent, emb, state, self.weight_drop)
         if self.latent_to_output is not None:
             hidden = hidden + self.latent_to_output(z.to(hidden.dtype)).unsqueeze(1)
         return hidden, state
