@@ -14,10 +14,11 @@ from textvae.core.trainer import Trainer
 from textvae.errors import UserError
 
 
-def _fold(kind, values, from_step=0, decay=0.9):
+def _fold(kind, values, from_step=0, decay=0.9, every=1):
     """Set a one-parameter model to each of `values` in turn, fold each in as a step; -> the average."""
     model = nn.Linear(1, 1, bias=False)
-    average = WeightAverage(model, OptimConfig(average=kind, average_from_step=from_step, average_decay=decay))
+    optim = OptimConfig(average=kind, average_from_step=from_step, average_decay=decay, average_every=every)
+    average = WeightAverage(model, optim)
     for step, value in enumerate(values):
         model.weight.data.fill_(value)
         average.update(step)
@@ -29,6 +30,13 @@ def test_the_uniform_average_is_the_mean_of_the_weights_from_average_from_step_o
     average = _fold("uniform", values, from_step=2)
     assert average.count == 3
     assert average.averages[0].item() == pytest.approx(sum(values[2:]) / 3)
+
+
+def test_with_average_every_the_uniform_average_takes_every_so_many_steps_from_average_from_step():
+    values = [5.0, -3.0, 1.0, 2.0, 7.0, 4.0, 11.0]
+    average = _fold("uniform", values, from_step=1, every=3)  # steps 1 and 4
+    assert average.count == 2
+    assert average.averages[0].item() == pytest.approx((-3.0 + 7.0) / 2)
 
 
 def test_the_ema_is_the_exponentially_weighted_sum_started_at_the_first_weights():
@@ -110,7 +118,7 @@ def test_a_resumed_run_averages_as_the_straight_one(tmp_path):
     torch.testing.assert_close(resumed[3], straight[2])
 
 
-@pytest.mark.parametrize("optim", [{"average": "swa"}, {"average": "ema", "average_decay": 1.0}])
+@pytest.mark.parametrize("optim", [{"average": "swa"}, {"average": "ema", "average_decay": 1.0}, {"average_every": 0}])
 def test_a_bad_average_setting_is_refused(optim):
     with pytest.raises(UserError, match="optim.average"):
         config_lib.from_dict({"optim": optim})

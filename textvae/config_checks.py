@@ -47,6 +47,7 @@ _POSITIVE = {
     ("model", "latent_dim"),
     ("model", "num_layers"),
     ("model", "num_heads"),
+    ("optim", "average_every"),
     ("model", "max_positions"),
     ("objective", "cycles"),
     ("objective", "iw_samples"),

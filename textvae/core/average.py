@@ -1,10 +1,10 @@
 """An average of the weights along training, validated and kept in place of the trained ones (optim.average).
 
 `uniform` is Polyak & Juditsky (1992)'s iterate average, the "A" of the averaged SGD that AWD-LSTM (Merity et al.
-2018) trains its LSTM language models with: the mean of the parameters after every optimizer step from
-optim.average_from_step on. `ema` is an exponential moving average with optim.average_decay. The trainer steps
-the model's own weights; validation, best.pt and the models rebuilt from it see the average. Buffers (batch norm's
-running statistics) are running averages already and stay the model's.
+2018) trains its LSTM language models with: the mean of the parameters after every optim.average_every-th
+optimizer step from optim.average_from_step on. `ema` is an exponential moving average with optim.average_decay.
+The trainer steps the model's own weights; validation, best.pt and the models rebuilt from it see the average.
+Buffers (batch norm's running statistics) are running averages already and stay the model's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, optim: OptimConfig):
         self.model, self.kind = model, optim.average
-        self.from_step, self.decay = optim.average_from_step, optim.average_decay
+        self.from_step, self.every, self.decay = optim.average_from_step, optim.average_every, optim.average_decay
         self.count = 0  # steps averaged since the start or the last restart
         self.averages: list[torch.Tensor] = []  # one per parameter, fp32 like the parameters
 
@@ -34,8 +34,9 @@ class WeightAverage:
         return self.kind != "none" and self.count > 0
 
     def update(self, step: int) -> None:
-        """Fold in the weights after the 0-based optimizer `step` (steps before optim.average_from_step are not)."""
-        if self.kind == "none" or step < self.from_step:
+        """Fold in the weights after the 0-based optimizer `step`: optim.average_from_step's and every
+        optim.average_every-th after it."""
+        if self.kind == "none" or step < self.from_step or (step - self.from_step) % self.every:
             return
         params = [p.detach() for p in self.model.parameters()]
         if self.count == 0:
