@@ -3,7 +3,6 @@ LSTM given the dropped weights by hand (fp64), its gradients, the padded bf16 pa
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from textvae import config as config_lib
@@ -41,7 +40,7 @@ def _by_hand(rnn, seed):
     """A copy of `rnn` whose hidden-to-hidden weights are those the dropped call draws under `seed`, and the
     masks (kept / (1 - P)) it used."""
     torch.manual_seed(seed)
-    masks = [F.dropout(torch.ones_like(getattr(rnn, f"weight_hh_l{k}")), P) for k in range(rnn.num_layers)]
+    masks = [(torch.rand_like(getattr(rnn, f"weight_hh_l{k}")) >= P) / (1 - P) for k in range(rnn.num_layers)]
     reference = nn.LSTM(5, 6, rnn.num_layers, batch_first=True).double()
     reference.load_state_dict(rnn.state_dict())
     with torch.no_grad():

@@ -104,8 +104,8 @@ def padded_lstm(rnn: nn.LSTM, inputs: Tensor, state: State | None, extra: int,
     weights = []
     for layer in range(layers):
         w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
-        if weight_drop:
-            w_hh = F.dropout(w_hh, weight_drop)
+        if weight_drop:  # F.dropout's law; its Bernoulli sampling is ~1.6x as slow on CPU as a uniform draw
+            w_hh = w_hh * (torch.rand_like(w_hh) >= weight_drop).to(w_hh.dtype).mul_(1 / (1 - weight_drop))
         w_ih = gate_rows(w_ih) if layer == 0 else F.pad(gate_rows(w_ih), (0, extra))
         weights += [w_ih, F.pad(gate_rows(w_hh), (0, extra))]
         if rnn.bias:
