@@ -198,6 +198,14 @@ PAPER = [
           lambda s: _paper_vae(0.0, "model.bn_gamma=0.6", "objective.kl_schedule=constant",
                                "model.init=uniform_decoder", "model.embedding_dim=512", "model.hidden_size=1024",
                                "model.tie_embeddings=true", "optim.lr_patience=1")),
+    # bn_vae_large regularized as AWD-LSTM (Merity et al. 2018): DropConnect on the decoder's recurrent weights, and
+    # the average of the weights (every 10th step) from epoch 15 on, where halving may start; what each bought
+    # when fine-tuning bn_vae_large's best checkpoint: docs/results_ptb.md
+    Entry("bn_vae_large_wd", "BN-VAE γ=0.6, 512/1,024 units, weight drop 0.4, averaged weights (SGD)",
+          lambda s: _paper_vae(0.0, "model.bn_gamma=0.6", "objective.kl_schedule=constant",
+                               "model.init=uniform_decoder", "model.embedding_dim=512", "model.hidden_size=1024",
+                               "optim.lr_patience=1", "model.weight_drop=0.4", "optim.average=uniform",
+                               f"optim.average_from_step={15 * PAPER_EPOCH}", "optim.average_every=10")),
 ]  # fmt: skip
 # Li et al. 2019 as tabulated in Optimus (Li et al. 2020), Table 8: NLL by 500 importance samples, nats per sentence.
 PAPER_SOURCE = "Li et al. 2019, as tabulated in Optimus (Li et al. 2020), Table 8"
