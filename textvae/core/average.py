@@ -20,7 +20,7 @@ from textvae.config import OptimConfig
 
 
 class WeightAverage:
-    """The average of `model`'s parameters after each step from optim.average_from_step on; inert for `none`."""
+    """The average of `model`'s parameters along training (optim.average_*); inert for `none`."""
 
     def __init__(self, model: nn.Module, optim: OptimConfig):
         self.model, self.kind = model, optim.average
@@ -38,13 +38,20 @@ class WeightAverage:
         optim.average_every-th after it."""
         if self.kind == "none" or step < self.from_step or (step - self.from_step) % self.every:
             return
-        params = [p.detach() for p in self.model.parameters()]
+        params = self._params()
         if self.count == 0:
             self.averages = [p.clone() for p in params]
         else:  # uniform: a_n = a_(n-1) + (p - a_(n-1)) / n; ema: a_n = decay a_(n-1) + (1 - decay) p
             weight = 1.0 / (self.count + 1) if self.kind == "uniform" else 1.0 - self.decay
             torch._foreach_lerp_(self.averages, params, weight)
         self.count += 1
+
+    def _params(self) -> list[torch.Tensor]:
+        """The model's parameters (detached), the average moved to their device (a resumed run loads it first)."""
+        params = [p.detach() for p in self.model.parameters()]
+        if self.averages and self.averages[0].device != params[0].device:
+            self.averages = [a.to(params[0].device) for a in self.averages]
+        return params
 
     def restart(self) -> None:
         """Forget the average (a new phase: the VAE after pretraining, or the weights of best.pt reloaded)."""
@@ -56,15 +63,15 @@ class WeightAverage:
         if not self.active:
             yield
             return
-        params = list(self.model.parameters())
-        own = [p.detach().clone() for p in params]
+        params = self._params()
+        own = [p.clone() for p in params]
         with torch.no_grad():
-            torch._foreach_copy_([p.data for p in params], self.averages)
+            torch._foreach_copy_(params, self.averages)
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_([p.data for p in params], own)
+                torch._foreach_copy_(params, own)
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count, "averages": [a.clone() for a in self.averages]}
@@ -72,5 +79,4 @@ class WeightAverage:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore a saved average; a checkpoint from before optim.average (None) starts none."""
         state = state or {"count": 0, "averages": []}
-        device = next(self.model.parameters()).device
-        self.count, self.averages = state["count"], [a.to(device) for a in state["averages"]]
+        self.count, self.averages = state["count"], list(state["averages"])
