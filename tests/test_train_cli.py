@@ -14,6 +14,7 @@ from textvae.cli import main
 from textvae.core.evaluation import spread
 from textvae.data.tokenizer import load_tokenizer
 from textvae.dispatch import train
+from textvae.pipeline import load_run
 
 
 def _config(tiny_config_path, corpus_dir, *overrides):
@@ -150,6 +151,26 @@ def test_tiny_run_on_cuda(tiny_config_path, corpus_dir, tmp_path):
     config = _config(tiny_config_path, corpus_dir, "train.device=cuda", "train.precision=bf16")
     metrics = train(config, tmp_path / "cuda")
     assert metrics is not None and metrics["nelbo"] > 0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])  # fmt: skip
+def test_a_run_with_weight_drop_and_averaged_weights_resumes_and_evaluates(tiny_config_path, corpus_dir, tmp_path,
+                                                                            device, capsys):  # fmt: skip
+    sets = ("model.weight_drop=0.3", "optim.average=uniform", "optim.average_from_step=2", "train.eval_every=4",
+            f"train.device={device}")  # fmt: skip
+    run = tmp_path / "run"
+    train(_config(tiny_config_path, corpus_dir, "train.max_steps=6", *sets), run)
+    train(_config(tiny_config_path, corpus_dir, "train.max_steps=8", *sets), run)  # the average loaded, then moved
+    last = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert last["average"]["count"] == 6  # steps 2..7
+    best = torch.load(run / "checkpoints/best.pt", weights_only=True)
+    model = load_run(run).model  # from best.pt, whose weights are the average at its step
+    for (name, param), average in zip(model.named_parameters(), best["average"]["averages"], strict=True):
+        assert torch.equal(best["model"][name], average.cpu()) and torch.equal(param.cpu(), average.cpu()), name
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--iw-samples", "2", "--json"]) == 0
+    assert math.isfinite(json.loads(capsys.readouterr().out)["nll"])
 
 
 def test_subword_run_reports_perplexity_per_word(tiny_config_path, corpus_dir, tmp_path, capsys):
