@@ -133,7 +133,7 @@ class OptimConfig:
     # weights along training (uniform: Polyak & Juditsky 1992, the average of AWD-LSTM's ASGD; core/average.py)
     average_from_step: int = 0  # the average takes in the weights after this global step and later ones
     average_every: int = 1  # ... after every this many steps (consecutive weights differ little; each costs a pass
-    # over the parameters, ~8% of a step of the 512/1,024 VAE at batches of 32 on 2 CPU cores)
+    # over the parameters, within bench_train's noise for the 512/1,024 VAE on 2 CPU cores: docs/models.md)
     average_decay: float = 0.999  # ema only: the weight of the old average at each step
 
 
