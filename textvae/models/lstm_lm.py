@@ -67,11 +67,11 @@ def run_recurrent(rnn: nn.RNNBase, inputs: Tensor, state: State | None = None,
     if not rnn.training:
         weight_drop = 0.0
     if not _bf16_cpu_lstm(rnn, inputs):
-        return padded_lstm(rnn, inputs, state, 0, weight_drop) if weight_drop else rnn(inputs, state)
+        return padded_lstm(rnn, inputs, state, 0, weight_drop)
     if not onednn_bf16_lstm():  # a CPU without AVX512: the recurrence in fp32, the rest of the step as autocast has it
         with torch.autocast("cpu", enabled=False):
             inputs, state = inputs.float(), None if state is None else tuple(part.float() for part in state)
-            return padded_lstm(rnn, inputs, state, 0, weight_drop) if weight_drop else rnn(inputs, state)
+            return padded_lstm(rnn, inputs, state, 0, weight_drop)
     rows = inputs.shape[0]
     pad = -rows % BATCH_MULTIPLE if rows >= 2 * BATCH_MULTIPLE else 0
     extra = bf16_hidden_padding(rnn.input_size, rnn.hidden_size, rnn.num_layers) if torch.is_grad_enabled() else 0
@@ -81,10 +81,7 @@ def run_recurrent(rnn: nn.RNNBase, inputs: Tensor, state: State | None = None,
         inputs = F.pad(inputs, (0, 0, 0, 0, 0, pad))
         if state is not None:
             state = tuple(F.pad(part, (0, 0, 0, pad)) for part in state)
-    if extra or weight_drop:
-        outputs, (h, c) = padded_lstm(rnn, inputs, state, extra, weight_drop)
-    else:
-        outputs, (h, c) = rnn(inputs, state)
+    outputs, (h, c) = padded_lstm(rnn, inputs, state, extra, weight_drop)
     return outputs[:rows], (h[:, :rows], c[:, :rows])
 
 
@@ -94,27 +91,34 @@ def padded_lstm(rnn: nn.LSTM, inputs: Tensor, state: State | None, extra: int,
     units have zero weights and biases: their gates are 1/2 and their cell input tanh(0) = 0, so their state stays
     0 and adds nothing to the real units. The gradients reach rnn's own parameters through the padding. With
     `weight_drop`, each layer's hidden-to-hidden weights are dropped with one mask for every timestep (Merity et
-    al. 2018's WeightDrop, Wan et al. 2013's DropConnect), kept ones scaled by 1 / (1 - weight_drop)."""
+    al. 2018's WeightDrop, Wan et al. 2013's DropConnect), kept ones scaled by 1 / (1 - weight_drop). With neither,
+    the plain call."""
+    if not (extra or weight_drop):
+        return rnn(inputs, state)
     size, layers = rnn.hidden_size, rnn.num_layers
 
     def gate_rows(weight: Tensor) -> Tensor:  # [4H, ...] -> [4(H + extra), ...]: zero rows after each gate's block
-        blocks = weight.view(4, size, -1)
-        return F.pad(blocks, (0, 0, 0, extra)).view(4 * (size + extra), *weight.shape[1:])
+        if not extra:
+            return weight
+        return F.pad(weight.view(4, size, -1), (0, 0, 0, extra)).view(4 * (size + extra), *weight.shape[1:])
+
+    def columns(weight: Tensor) -> Tensor:  # [..., H] -> [..., H + extra]: zero columns for the extra units' states
+        return F.pad(weight, (0, extra)) if extra else weight
 
     weights = []
     for layer in range(layers):
         w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
         if weight_drop:  # F.dropout's law; its Bernoulli sampling is ~1.6x as slow on CPU as a uniform draw
             w_hh = w_hh * (torch.rand_like(w_hh) >= weight_drop).to(w_hh.dtype).mul_(1 / (1 - weight_drop))
-        w_ih = gate_rows(w_ih) if layer == 0 else F.pad(gate_rows(w_ih), (0, extra))
-        weights += [w_ih, F.pad(gate_rows(w_hh), (0, extra))]
+        w_ih = gate_rows(w_ih) if layer == 0 else columns(gate_rows(w_ih))
+        weights += [w_ih, columns(gate_rows(w_hh))]
         if rnn.bias:
             weights += [gate_rows(getattr(rnn, f"bias_{kind}_l{layer}")) for kind in ("ih", "hh")]
     if state is None:
         zeros = inputs.new_zeros(layers, inputs.shape[0], size + extra)
         state = (zeros, zeros)
     else:
-        state = tuple(F.pad(part, (0, extra)) for part in state)
+        state = tuple(columns(part) for part in state)
     outputs, h, c = torch.lstm(inputs, state, weights, rnn.bias, layers, rnn.dropout, rnn.training, False, True)
     return outputs[..., :size], (h[..., :size], c[..., :size])
 
