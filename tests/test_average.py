@@ -99,6 +99,10 @@ def test_validation_and_best_pt_see_the_average_while_training_steps_the_weights
     best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)
     assert best["position"]["step"] == 4
     torch.testing.assert_close(best["model"]["encoder.weight"], seen[1])
+    assert best["average"] == {"count": 2, "averages": []}  # the average once, as the weights
+    model = _TinyVAE()
+    assert load_trained(tmp_path, trainer.config, model) == 4
+    torch.testing.assert_close(model.encoder.weight, seen[1])
     # last.pt holds the weights and the average; a model rebuilt from it gets the average
     model = _TinyVAE()
     assert load_trained(tmp_path, trainer.config, model, checkpoint="last") == 6

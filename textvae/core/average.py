@@ -73,10 +73,13 @@ class WeightAverage:
             with torch.no_grad():
                 torch._foreach_copy_(params, own)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "averages": [a.clone() for a in self.averages]}
+    def state_dict(self, in_model: bool = False) -> dict[str, Any]:
+        """`in_model`: the checkpoint's weights are the average (best.pt's), so it keeps the count only."""
+        return {"count": self.count, "averages": [] if in_model else [a.clone() for a in self.averages]}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """Restore a saved average; a checkpoint from before optim.average (None) starts none."""
+        """Restore a saved average; a checkpoint from before optim.average (None) or one that keeps the count only
+        starts none."""
         state = state or {"count": 0, "averages": []}
-        self.count, self.averages = state["count"], list(state["averages"])
+        self.averages = list(state["averages"])
+        self.count = state["count"] if self.averages else 0

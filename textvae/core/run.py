@@ -79,7 +79,7 @@ def load_trained(run_dir: Path, config: Config, model: nn.Module, checkpoint: st
     except RuntimeError:
         raise UserError(f"{path}: checkpoint does not match the model in {config_file}") from None
     average = state.get("average") or {}
-    if average.get("count"):  # optim.average: the weights validation saw, in last.pt too (best.pt holds them)
+    if average.get("averages"):  # optim.average: the weights validation saw, kept beside last.pt's (best.pt's are them)
         with torch.no_grad():
             for param, value in zip(model.parameters(), average["averages"]):
                 param.copy_(value)

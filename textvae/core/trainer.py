@@ -94,7 +94,8 @@ class Trainer:
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
         self.pretrained_path = self.run_dir / "checkpoints" / "pretrained.pt"
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, averaged: bool = False) -> dict[str, Any]:
+        """`averaged`: the model holds optim.average's average now (best.pt), which the state then keeps once."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -102,15 +103,15 @@ class Trainer:
             "position": vars(self.position).copy(),
             "seconds": self.seconds,
             "hooks": {**self._carried, **{hook.name: hook.state_dict() for hook in self.hooks}},
-            "average": self.average.state_dict(),
+            "average": self.average.state_dict(in_model=averaged),
             "rng": rng_state(),
             "rng_ranks": distributed.gather(rng_state()) if self.world > 1 else [],
             "config": to_dict(self.config),
         }
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, averaged: bool = False) -> None:
         """Every rank takes part in building the state (RNG states are gathered); rank 0 writes it."""
-        state = self.state_dict()
+        state = self.state_dict(averaged)
         if self.rank == 0:
             save_checkpoint(state, path)
 
@@ -303,7 +304,7 @@ class Trainer:
             hook.after_evaluation(step, metrics, logs.writer)
         if scheduled and target < self.position.best:
             self.position.best, self.position.bad_evals = target, 0
-            self.save(self.best_path)
+            self.save(self.best_path, averaged=self.average.active)
         elif scheduled:
             self.position.bad_evals += 1
         logs.flush(step, metrics)
