@@ -15,7 +15,8 @@ step of ../shared/bench/textbook_lstm_vae.py at the same sizes and sentences per
 reports `reference_tokens_per_s` and `speedup`.
 `--to-quality NLL` trains the config from scratch in a temporary run directory (`textvae train`) and prints the
 steps and wall time until the validation NLL (IW-5, nats per sentence) first reaches NLL (`wall_s`: the run's
-training clock, evaluations included; `process_s`: from the launch, start-up included), and tokens/s.
+training clock, evaluations included; `process_s`: from the launch, start-up included), and tokens/s;
+`reached: false` where no evaluation got there, with the run's last evaluation and its lowest (`best_nll`).
 With `--from-run RUN` it trains nothing and reads the same figures off RUN's metrics.jsonl (the `seconds` of
 each evaluation: the run's training clock, summed over resumed sessions), e.g. of a reproduction suite's run.
 """
@@ -214,13 +215,17 @@ def quality_from_run(run_dir: Path, target: float) -> dict:
 
 def first_reaching(metrics: Path, target: float) -> dict:
     """The first evaluation in a run's metrics.jsonl whose validation NLL <= target (else the last one), with
-    `wall_s` the run's training clock at that evaluation (None in lines logged before runs recorded it)."""
+    `wall_s` the run's training clock at that evaluation (None in lines logged before runs recorded it), and the
+    lowest validation NLL up to it (`best_nll`, at `best_step`): where a run misses the target, how close it came."""
     result = {"target_nll": target, "reached": False}
     for line in metrics.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        result.update(step=record["step"], epoch=record["epoch"], val_nll=record["metrics"]["nll"],
+        nll = record["metrics"]["nll"]
+        result.update(step=record["step"], epoch=record["epoch"], val_nll=nll,
                       iw_samples=record["metrics"].get("iw_samples"), wall_s=record.get("seconds"))  # fmt: skip
-        if record["metrics"]["nll"] <= target:
+        if "best_nll" not in result or nll < result["best_nll"]:
+            result.update(best_nll=nll, best_step=record["step"])
+        if nll <= target:
             result["reached"] = True
             break
     return result

@@ -33,7 +33,8 @@ def _bench_train(*args: str) -> subprocess.CompletedProcess:
 def test_time_to_quality_is_read_off_a_runs_log(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    curve = [(200, 1, 12.5, 120.0), (400, 2, 25.0, 101.0), (600, 3, 37.5, 99.5), (800, 5, 50.0, 98.0)]
+    curve = [(200, 1, 12.5, 120.0), (400, 2, 25.0, 101.0), (600, 3, 37.5, 99.5), (800, 5, 50.0, 98.0),
+             (1000, 6, 62.5, 98.4)]
     run.joinpath("metrics.jsonl").write_text("".join(
         json.dumps({"step": step, "epoch": epoch, "seconds": seconds, "split": "valid",
                     "metrics": {"nll": nll, "iw_samples": 5}}) + "\n"
@@ -41,8 +42,10 @@ def test_time_to_quality_is_read_off_a_runs_log(tmp_path):
     reached = json.loads(_bench_train("--to-quality", "100", "--from-run", str(run), "--json").stdout)
     assert reached["reached"] and (reached["step"], reached["epoch"], reached["wall_s"]) == (600, 3, 37.5)
     assert reached["val_nll"] == 99.5 and reached["iw_samples"] == 5 and reached["tokens_per_s"] is None
+    assert (reached["best_nll"], reached["best_step"]) == (99.5, 600)  # the best up to the first reaching
     missed = json.loads(_bench_train("--to-quality", "90", "--from-run", str(run), "--json").stdout)
-    assert not missed["reached"] and (missed["step"], missed["val_nll"]) == (800, 98.0)  # where the run got to
+    assert not missed["reached"] and (missed["step"], missed["val_nll"]) == (1000, 98.4)  # where the run ended
+    assert (missed["best_nll"], missed["best_step"]) == (98.0, 800)  # and how close it came
 
     empty = _bench_train("--to-quality", "100", "--from-run", str(tmp_path))
     assert empty.returncode != 0 and empty.stderr.strip().splitlines() == [
