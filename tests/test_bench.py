@@ -34,7 +34,7 @@ def test_time_to_quality_is_read_off_a_runs_log(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     curve = [(200, 1, 12.5, 120.0), (400, 2, 25.0, 101.0), (600, 3, 37.5, 99.5), (800, 5, 50.0, 98.0),
-             (1000, 6, 62.5, 98.4)]
+             (1000, 6, 62.5, 98.4)]  # fmt: skip
     run.joinpath("metrics.jsonl").write_text("".join(
         json.dumps({"step": step, "epoch": epoch, "seconds": seconds, "split": "valid",
                     "metrics": {"nll": nll, "iw_samples": 5}}) + "\n"
