@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # The keys of each kind of model. A flow acts on any Gaussian posterior (core/flows.py).
 _FLOW = ("flow", "flow_layers", "flow_hidden")
 _RNN = ("embedding_dim", "hidden_size", "num_layers", "rnn", "embedding_dropout", "output_dropout", "word_dropout",
-        "init", "tie_embeddings", "weight_drop")  # fmt: skip
+        "init", "tie_embeddings", "weight_drop", "embedding_type_dropout")  # fmt: skip
 _TRANSFORMER = ("embedding_dim", "hidden_size", "num_layers", "num_heads", "max_positions", "tie_embeddings",
                 "embedding_dropout", "output_dropout", "word_dropout")  # fmt: skip
 _IMAGE = ("latent_dim", "hidden_size", "num_layers", "hidden_sizes", "architecture", "activation", "init",

@@ -35,6 +35,15 @@ def dropout(x: Tensor, rate: float, training: bool) -> Tensor:
     return x * keep.to(x.dtype).mul_(scale)
 
 
+def row_dropout(weight: Tensor, rate: float, training: bool) -> Tensor:
+    """`weight` [V, E] with whole rows zeroed with probability `rate` and the others scaled by 1 / (1 - rate):
+    an embedding looked up in it drops every occurrence of a word type at once (Gal & Ghahramani 2016)."""
+    if not training or rate <= 0.0:
+        return weight
+    keep, scale = keep_mask(torch.Size((weight.shape[0], 1)), rate, weight.device)
+    return weight * keep.to(weight.dtype).mul_(scale)
+
+
 class Dropout(nn.Module):
     """nn.Dropout on `dropout`: `model.train()` / `model.eval()` switch it."""
 

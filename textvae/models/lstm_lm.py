@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textvae.config import ModelConfig
-from textvae.core.dropout import Dropout
+from textvae.core.dropout import Dropout, row_dropout
 from textvae.core.word_dropout import WordDropout
 from textvae.errors import UserError
 from textvae.models.sequence import BLOCK_ROWS, DecoderLM, repeat_for_samples, sequence_log_prob
@@ -224,6 +224,7 @@ class LSTMDecoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=pad_id)
         self.word_dropout = WordDropout(config.word_dropout, unk_id, specials)
         self.embedding_dropout = Dropout(config.embedding_dropout)
+        self.type_dropout = config.embedding_type_dropout
         # the recurrent layers, named after their cell: decoder.lstm.* (the name checkpoints have) or decoder.gru.*
         self.cell = config.rnn
         cell = CELLS[config.rnn][0]
@@ -269,7 +270,8 @@ class LSTMDecoder(nn.Module):
 
     def hidden(self, inputs: Tensor, z: Tensor | None, state=None) -> tuple[Tensor, State]:
         """inputs: [N, T] token ids, z: [N, D] or None -> hidden states [N, T, H] and the final state."""
-        emb = self.embedding_dropout(self.embedding(self.word_dropout(inputs)))
+        weight = row_dropout(self.embedding.weight, self.type_dropout, self.training)
+        emb = self.embedding_dropout(F.embedding(self.word_dropout(inputs), weight, self.pad_id))
         if z is not None:
             emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1).to(emb.dtype)], dim=-1)
         if state is None:
