@@ -81,9 +81,9 @@ def test_in_evaluation_nothing_is_dropped(split):
     )
 
 
-def test_embedding_type_dropout_is_an_lstm_decoders_probability():
-    with pytest.raises(UserError, match="model.embedding_type_dropout"):
-        config_lib.from_dict({"model": {"name": "lstm_vae", "rnn": "gru", "embedding_type_dropout": 0.1}})
+def test_embedding_type_dropout_is_a_recurrent_decoders_probability():
+    gru = config_lib.from_dict({"model": {"name": "lstm_vae", "rnn": "gru", "embedding_type_dropout": 0.1}})
+    assert gru.model.embedding_type_dropout == 0.1  # the lookup before the recurrence: any cell
     with pytest.raises(UserError, match="model.embedding_type_dropout"):
         config_lib.from_dict({"model": {"name": "transformer_vae", "embedding_type_dropout": 0.1}})
     with pytest.raises(UserError, match="model.embedding_type_dropout"):

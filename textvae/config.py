@@ -58,7 +58,7 @@ class ModelConfig:
     output_dropout: float = 0.0  # dropout on the decoder's states before the output layer (Transformer: in blocks)
     weight_drop: float = 0.0  # LSTM decoder: DropConnect on its hidden-to-hidden weights, one mask a batch (Wan et al.
     # 2013; AWD-LSTM, Merity et al. 2018), in training only
-    embedding_type_dropout: float = 0.0  # LSTM decoder: whole rows of its input embedding dropped, one mask a batch
+    embedding_type_dropout: float = 0.0  # RNN decoder: whole rows of its input embedding dropped, one mask a batch
     # (every occurrence of a word type; Gal & Ghahramani 2016, AWD-LSTM's embedding dropout), in training only
     word_dropout: float = 0.0  # decoder input tokens replaced by <unk> in training mode (Bowman et al. 2016)
     # Transformer models: embedding_dim is the model width, hidden_size the feed-forward width

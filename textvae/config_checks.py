@@ -152,9 +152,8 @@ def validate(config: Config) -> Config:
         raise UserError(f"config key optim.lr_decay: must be in (0, 1] (1 disables), got {config.optim.lr_decay}")
     if not 0.0 < config.optim.average_decay < 1.0:
         raise UserError(f"config key optim.average_decay: must be in (0, 1), got {config.optim.average_decay}")
-    for key in ("weight_drop", "embedding_type_dropout"):
-        if getattr(model, key) and model.rnn != "lstm":
-            raise UserError(f"config key model.{key}: is for LSTM decoders (model.rnn: lstm)")
+    if model.weight_drop and model.rnn != "lstm":
+        raise UserError("config key model.weight_drop: is for LSTM decoders (model.rnn: lstm)")
     if "num_heads" in entry.reads and model.embedding_dim % model.num_heads:
         raise UserError(f"config key model.num_heads: {model.num_heads} does not divide model.embedding_dim")
     if "max_positions" in entry.reads and model.max_positions < config.data.max_length + 2:
