@@ -71,6 +71,21 @@ def test_the_decoder_sees_the_masked_embedding_in_training_and_its_gradient_is_m
     assert (dropped.decoder.embedding.weight.grad[inputs][~keep[inputs, 0]] == 0).all()
 
 
+def test_a_gru_decoder_drops_word_types_too(split):
+    torch.manual_seed(0)
+    config = ModelConfig(name="lstm_vae", rnn="gru", embedding_dim=8, hidden_size=12, latent_dim=3,
+                         embedding_type_dropout=0.5)  # fmt: skip
+    model = build_text_model(config, split.tokenizer).train()
+    batch = split.collate(list(range(6)))
+    z = torch.randn(6, 1, 3)
+    draws = [model.decoder.log_likelihood(batch.tokens, z) for _ in range(2)]
+    assert not torch.allclose(draws[0], draws[1])  # a new mask each batch; no other dropout is on
+    model.eval()
+    torch.testing.assert_close(
+        model.decoder.log_likelihood(batch.tokens, z), model.decoder.log_likelihood(batch.tokens, z)
+    )
+
+
 def test_in_evaluation_nothing_is_dropped(split):
     batch = split.collate(list(range(6)))
     z = torch.randn(6, 1, 3, dtype=torch.float64)
