@@ -1,4 +1,4 @@
-"""model.embedding_type_dropout: whole rows of the LSTM decoder's input embedding dropped, one mask a batch (Gal &
+"""model.embedding_type_dropout: whole rows of the RNN decoder's input embedding dropped, one mask a batch (Gal &
 Ghahramani 2016; AWD-LSTM's embedding dropout), against the decoder given the masked embedding by hand (fp64)."""
 
 import math
