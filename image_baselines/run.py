@@ -23,6 +23,7 @@ from textvae.core.device import resolve_device
 from textvae.core.evaluation import evaluate, spread
 from textvae.core.gaps import inference_gaps
 from textvae.core.hooks import AtEndOfPretraining
+from textvae.core.refit import refit_encoder
 from textvae.core.run import load_trained, open_run, save_config
 from textvae.core.trainer import Trainer
 from textvae.errors import UserError, require_extra
@@ -194,7 +195,10 @@ def train_image(config: Config, run_dir: Path, device: torch.device | None) -> d
         hooks.append(AtEndOfPretraining("mixture_init", init))
     trainer = Trainer(model, splits["train"], evaluate_valid, config, run_dir, device,
                       report_images=image_report(splits["valid"], run_dir, device), hooks=hooks)  # fmt: skip
-    return trainer.fit()
+    metrics = trainer.fit()
+    if train_cfg.refit_encoder_steps:
+        metrics = refit_encoder(model, splits["train"], evaluate_valid, config, run_dir, device) or metrics
+    return metrics
 
 
 def load_image_run(run_dir: Path, config: Config, checkpoint: str = "best") -> tuple[nn.Module, torch.device, int]:

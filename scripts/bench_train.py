@@ -216,13 +216,15 @@ def quality_from_run(run_dir: Path, target: float) -> dict:
 def first_reaching(metrics: Path, target: float) -> dict:
     """The first evaluation in a run's metrics.jsonl whose validation NLL <= target (else the last one), with
     `wall_s` the run's training clock at that evaluation (None in lines logged before runs recorded it), and the
-    lowest validation NLL up to it (`best_nll`, at `best_step`): where a run misses the target, how close it came."""
+    lowest validation NLL up to it (`best_nll`, at `best_step`): where a run misses the target, how close it came;
+    `phase`: "refit" when the evaluation was one of train.refit_encoder_steps' (core/refit.py), else "train"."""
     result = {"target_nll": target, "reached": False}
     for line in metrics.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         nll = record["metrics"]["nll"]
         result.update(step=record["step"], epoch=record["epoch"], val_nll=nll,
-                      iw_samples=record["metrics"].get("iw_samples"), wall_s=record.get("seconds"))  # fmt: skip
+                      iw_samples=record["metrics"].get("iw_samples"), wall_s=record.get("seconds"),
+                      phase=record.get("phase", "train"))  # fmt: skip
         if "best_nll" not in result or nll < result["best_nll"]:
             result.update(best_nll=nll, best_step=record["step"])
         if nll <= target:

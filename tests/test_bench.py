@@ -46,6 +46,12 @@ def test_time_to_quality_is_read_off_a_runs_log(tmp_path):
     missed = json.loads(_bench_train("--to-quality", "90", "--from-run", str(run), "--json").stdout)
     assert not missed["reached"] and (missed["step"], missed["val_nll"]) == (1000, 98.4)  # where the run ended
     assert (missed["best_nll"], missed["best_step"]) == (98.0, 800)  # and how close it came
+    assert reached["phase"] == missed["phase"] == "train"
+    with run.joinpath("metrics.jsonl").open("a") as handle:  # an encoder refit's row after training (core/refit.py)
+        handle.write(json.dumps({"step": 1100, "epoch": 7, "seconds": 70.0, "split": "valid", "phase": "refit",
+                                 "metrics": {"nll": 97.5, "iw_samples": 5}}) + "\n")  # fmt: skip
+    refit = json.loads(_bench_train("--to-quality", "97.9", "--from-run", str(run), "--json").stdout)
+    assert refit["reached"] and (refit["step"], refit["wall_s"], refit["phase"]) == (1100, 70.0, "refit")
 
     empty = _bench_train("--to-quality", "100", "--from-run", str(tmp_path))
     assert empty.returncode != 0 and empty.stderr.strip().splitlines() == [

@@ -51,3 +51,23 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_config_
     a, b = json.loads(ddp_metrics[-1])["metrics"], json.loads(one_metrics[-1])["metrics"]
     assert a["sentences"] == b["sentences"] and a["tokens"] == b["tokens"]
     assert abs(a["nll"] - b["nll"]) < 1e-3
+
+
+def test_every_process_refits_the_same_encoder_and_rank_zero_alone_logs_it(tiny_config_path, corpus_dir, tmp_path):
+    sets = [f"data.corpus={corpus_dir}", "train.max_steps=6", "train.eval_every=3", "train.num_threads=1",
+            "train.refit_encoder_steps=6", "train.refit_encoder_lr=0.01", "model.output_dropout=0.3"]  # fmt: skip
+    command = ["train", str(tiny_config_path), *(item for key in sets for item in ("--set", key))]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ddp = subprocess.run([*launcher, str(HERE / "ddp_worker.py"), *command, "--run-dir", str(tmp_path / "ddp")],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "ddp/refit_rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ddp/refit_rank1.pt", weights_only=True)
+    trained = torch.load(tmp_path / "ddp/params_rank0.pt", weights_only=True)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert not torch.equal(rank0["encoder.weight_ih_l0"], trained["encoder.weight_ih_l0"])  # the encoder moved
+    assert torch.equal(rank0["decoder.output.weight"], trained["decoder.output.weight"])  # the decoder did not
+    rows = [json.loads(line) for line in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()]
+    assert [(row["step"], row.get("phase")) for row in rows] == [(3, None), (6, None), (9, "refit"), (12, "refit")]

@@ -186,6 +186,23 @@ def test_image_vae_trains_and_evaluates_from_the_cli(mnist_dir, tmp_path, capsys
     assert part["mi_ceiling"] == pytest.approx(math.log(30))
 
 
+def test_image_vae_refits_its_encoder_after_training(mnist_dir, tmp_path):
+    run = tmp_path / "vae"
+    args = ["--set", f"data.corpus={mnist_dir}", "--set", "train.max_steps=7", "--set", "train.eval_every=7",
+            "--set", "train.batch_size=50", "--set", "model.hidden_sizes=32", "--set", "train.eval_iw_samples=3",
+            "--set", "train.eval_batch_size=50", "--set", "train.device=cpu", "--set", "train.refit_encoder_steps=14",
+            "--set", "train.refit_encoder_lr=0.003", "--run-dir", str(run)]  # fmt: skip
+    assert main(["train", str(IMAGE_CONFIGS / "vae_mnist.yaml"), *args]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["step"], row.get("phase")) for row in rows] == [(7, None), (14, "refit"), (21, "refit")]
+    trained = torch.load(run / "checkpoints/trained.pt", weights_only=True)["model"]
+    best = torch.load(run / "checkpoints/best.pt", weights_only=True)
+    assert best["refit"]["trained_step"] == 7  # the refit beat training's validation nelbo on these images
+    assert min(row["metrics"]["nelbo"] for row in rows[1:]) < rows[0]["metrics"]["nelbo"]
+    decoder = [key for key in trained if key.startswith(("decoder_body.", "output."))]  # decoder_modules()
+    assert decoder and all(torch.equal(trained[key], best["model"][key]) for key in decoder)
+
+
 @pytest.mark.parametrize("config", ["cvae_mnist.yaml", "cvae_quadrants_mnist.yaml"])
 def test_cvae_runs_write_their_grids(config, mnist_dir, tmp_path):
     run = tmp_path / "cvae"

@@ -62,6 +62,7 @@ _POSITIVE = {
     ("train", "eval_every"),
     ("train", "eval_batch_size"),
     ("train", "log_every"),
+    ("train", "refit_encoder_lr"),
 }
 _PROBABILITIES = {
     ("data", "holdout"),
@@ -174,6 +175,8 @@ def validate(config: Config) -> Config:
     for key in ("aggressive", "bow_weight", "reset_decoder"):
         if not entry.latent and getattr(objective, key):
             raise UserError(f"config key objective.{key}: {model.name} has no latent code")
+    if config.train.refit_encoder_steps and not entry.latent:
+        raise UserError(f"config key train.refit_encoder_steps: {model.name} has no latent code (no encoder to refit)")
     if objective.bow_weight and entry.family != "text":
         raise UserError("config key objective.bow_weight: the bag-of-words loss is for text models")
     if model.flow != "none" and objective.free_bits > 0 and objective.free_bits_mode in ("dim", "example"):

@@ -19,6 +19,7 @@ from textvae.core import distributed
 from textvae.core.device import resolve_device
 from textvae.core.evaluation import Journal, spread
 from textvae.core.gaps import inference_gaps
+from textvae.core.refit import refit_encoder
 from textvae.core.run import load_trained, open_run, read_config, save_config
 from textvae.core.trainer import Trainer
 from textvae.data.batching import Batches, TextSplit
@@ -128,7 +129,10 @@ def train_text(config: Config, run_dir: Path, device: torch.device | None = None
 
     trainer = Trainer(run.model, run.splits["train"], evaluate_valid, config, run_dir, run.device,
                       text_report(run, train_cfg.num_text_samples))  # fmt: skip
-    return trainer.fit()
+    metrics = trainer.fit()
+    if train_cfg.refit_encoder_steps:
+        metrics = refit_encoder(run.model, run.splits["train"], evaluate_valid, config, run_dir, run.device) or metrics
+    return metrics
 
 
 def load_run(run_dir: Path, checkpoint: str = "best") -> TextRun:

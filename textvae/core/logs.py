@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,8 @@ class NullWriter:
 class TrainWindow:
     """The steps since the last train/ log: their stats and real tokens (all ranks), and the time they took."""
 
-    def __init__(self):
-        self.start, self.stats, self.tokens = time.perf_counter(), [], 0.0
+    def __init__(self, prefix: str = "train"):
+        self.start, self.stats, self.tokens, self.prefix = time.perf_counter(), [], 0.0, prefix  # prefix/ scalars
 
     def add(self, stats: dict[str, float] | None, tokens: float) -> None:
         if stats is not None:
@@ -84,14 +85,15 @@ class TrainWindow:
         self.tokens += tokens
 
     def close(self, writer: Any, step: int, lr: float) -> tuple[dict[str, float], float]:
-        """Write the window's means as train/ scalars at `step`, start a new window; -> (means, seconds per step)."""
+        """Write the window's means as scalars at `step` (train/, or the prefix's), start a new window; -> (means,
+        seconds per step)."""
         now = time.perf_counter()
         count = len(self.stats)
         means = {key: sum(s[key] for s in self.stats) / count for key in self.stats[0]}
         means["tokens_per_s"] = self.tokens / max(1e-9, now - self.start)
         means["lr"] = lr
         for key, value in means.items():
-            writer.add_scalar(f"train/{key}", value, step)
+            writer.add_scalar(f"{self.prefix}/{key}", value, step)
         per_step = (now - self.start) / count
         self.start, self.stats, self.tokens = now, [], 0.0
         return means, per_step
@@ -118,10 +120,12 @@ class TrainingLog:
                              duration((self.max_steps - step) * per_step))  # fmt: skip
 
     def evaluation(self, run_dir: Path | None, step: int, epoch: int, metrics: dict[str, Any], lr: float,
-                   texts: dict[str, str], images: dict[str, torch.Tensor], seconds: float) -> None:  # fmt: skip
+                   texts: dict[str, str], images: dict[str, torch.Tensor], seconds: float,
+                   phase: str | None = None) -> None:  # fmt: skip
         """val/ scalars (val/loss: the objective, nelbo), the per-dimension KL histogram, the LR, the reports' texts
         and images in TensorBoard; one line of RUN_DIR/metrics.jsonl (rank 0: `run_dir` given), with `seconds`, the
-        run's training clock (evaluations included, summed over resumed sessions) when the result was known."""
+        run's training clock (evaluations included, summed over resumed sessions) when the result was known, and
+        the `phase` when given (the encoder refit's rows: "refit")."""
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(f"val/{key}", value, step)
@@ -135,6 +139,8 @@ class TrainingLog:
             self.writer.add_image(tag, image, step)
         if run_dir is not None:
             record = {"step": step, "epoch": epoch, "seconds": round(seconds, 3), "split": "valid", "metrics": metrics}
+            if phase is not None:
+                record["phase"] = phase
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
@@ -150,11 +156,17 @@ class TrainingLog:
         self.writer.close()
 
 
-def drop_metrics_after(run_dir: Path, step: int) -> None:
-    """Forget evaluations logged after the checkpoint (a kill between the two), so that none is doubled."""
+def drop_metrics(run_dir: Path, drop: Callable[[dict[str, Any]], bool]) -> None:
+    """Remove the rows of RUN_DIR/metrics.jsonl for which `drop(row)` holds."""
     path = run_dir / "metrics.jsonl"
     if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [line for line in lines if not drop(json.loads(line))]
         if len(kept) != len(lines):
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def drop_metrics_after(run_dir: Path, step: int) -> None:
+    """Forget evaluations logged after the checkpoint (a kill between the two), so that none is doubled; an encoder
+    refit's rows (phase "refit", core/refit.py), which follow training's last step, stay."""
+    drop_metrics(run_dir, lambda row: row["step"] > step and row.get("phase") != "refit")

@@ -24,7 +24,7 @@ from textvae.core import distributed
 from textvae.core.average import WeightAverage
 from textvae.core.checkpoint import load_checkpoint, remove_partial_writes, restore_rng, rng_state, save_checkpoint
 from textvae.core.hooks import Hook, StepAccess, load_hook_states
-from textvae.core.logs import TrainingLog, TrainWindow, drop_metrics_after
+from textvae.core.logs import TrainingLog, TrainWindow, drop_metrics, drop_metrics_after
 from textvae.core.objective import Objective
 from textvae.core.optim import Stepper
 from textvae.core.remedies import legacy_hook_states, remedy_hooks
@@ -201,6 +201,8 @@ class Trainer:
         logs = TrainingLog(self.run_dir, self.position.step, train.max_steps, self.rank == 0, log)
         metrics, self._window = None, TrainWindow()
         stop = self._stop_reason(self.position.step) is not None  # a finished run run again trains no further
+        if self.rank == 0 and not stop and self.position.step < train.max_steps:  # training on past a refit
+            drop_metrics(self.run_dir, lambda row: row.get("phase") == "refit")
         self._clock = monotonic()
         while self.position.step < train.max_steps and not stop:
             self._plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed)

@@ -1,0 +1,148 @@
+"""Refitting the inference network to the trained decoder, after training (train.refit_encoder_steps).
+
+The amortized posterior q(z|x) trains beside a decoder under dropout (and weight drop); the decoder that
+evaluation and use read has none, so a run ends with its encoder fit to another decoder than the one it serves,
+and the bounds it gives (the ELBO, the IW-k NLL) are looser than they need be: part of the amortization gap
+(Cremer et al. 2018). The refit trains the inference side alone (core/remedies.split_parameters) on the ELBO of
+the model as evaluated, the decoder frozen in eval mode, from best.pt, with Adam. p(x|z) and p(z) do not change,
+so log p(x) does not: its estimates tighten. Batch norm on the inference side (BN-VAE's posterior means) keeps
+normalizing over the batch as in training, so its KL floor still holds.
+
+Validation runs every train.eval_every steps of the refit and at its end; a validation nelbo better than the
+trained best.pt's is written to best.pt (the trained one is kept as checkpoints/trained.pt), its rows go to
+metrics.jsonl at the steps after training's last, on the run's training clock. checkpoints/refit.json marks the
+refit of this training done; a refit stopped part-way starts again from trained.pt. Under torchrun every process
+refits the same model on the whole batches (the same seed), so that validation can be split among them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+import torch
+from torch import nn
+
+from textvae.config import Config
+from textvae.core import distributed
+from textvae.core.checkpoint import load_checkpoint, save_checkpoint
+from textvae.core.device import autocast
+from textvae.core.logs import TrainingLog, TrainWindow, drop_metrics
+from textvae.core.objective import elbo
+from textvae.core.remedies import split_parameters
+
+log = logging.getLogger(__name__)
+
+MARK, TRAINED, BEST = "refit.json", "trained.pt", "best.pt"
+
+
+def refit_modes(model: nn.Module) -> None:
+    """Eval mode (no dropout anywhere), but for the inference side's batch norm, which normalizes over the batch:
+    each batch-norm layer and the module holding it (which may apply it itself, as core/posterior.PosteriorHead
+    does) are set training, alone (their other children stay in eval mode)."""
+    model.eval()
+    decoder = {id(module) for part in model.decoder_modules() for module in part.modules()}
+    for parent in model.modules():
+        for child in parent.children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and id(child) not in decoder:
+                child.training = True
+                if parent is not model:  # the model's own flag stays off
+                    parent.training = True
+
+
+def refit_step(model: nn.Module, batch: Any, parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+               grad_clip: float, device: torch.device, precision: str) -> dict[str, float] | None:  # fmt: skip
+    """One Adam step of `parameters` on the batch's negative ELBO (KL weight 1, no free bits); -> its loss, rec and
+    kl, or None when the loss or gradient is not finite (no step taken)."""
+    with autocast(device, precision):
+        terms = elbo(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip or math.inf)
+    loss, rec, kl, norm = torch.stack([terms.loss.detach(), terms.rec.detach().mean(), terms.kl.detach().mean(),
+                                       norm.detach().float()]).tolist()  # fmt: skip
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    return {"loss": loss, "rec": rec, "kl": kl}
+
+
+def trained_state(checkpoints: Path) -> dict[str, Any]:
+    """The state the refit starts from: best.pt as training left it (copied to trained.pt the first time; a best.pt
+    written by an earlier refit of the same training is not refit again)."""
+    best = load_checkpoint(checkpoints / "best.pt")
+    if "refit" not in best:
+        if distributed.is_main():
+            save_checkpoint(best, checkpoints / TRAINED)
+        return best
+    return load_checkpoint(checkpoints / TRAINED)
+
+
+def refit_encoder(model: nn.Module, data: Any, evaluate: Callable[[nn.Module], dict[str, Any]], config: Config,
+                  run_dir: Path, device: torch.device) -> dict[str, Any] | None:  # fmt: skip
+    """The refit of a trained run (see the module's docstring); -> the last validation metrics, or None when this
+    training's refit was already done."""
+    train, checkpoints, main = config.train, Path(run_dir) / "checkpoints", distributed.is_main()
+    last = load_checkpoint(checkpoints / "last.pt")
+    after, epoch = last["position"]["step"], last["position"]["epoch"]
+    settings = {"after_step": after, "steps": train.refit_encoder_steps, "lr": train.refit_encoder_lr}
+    mark = checkpoints / MARK
+    if mark.is_file() and {k: v for k, v in json.loads(mark.read_text()).items() if k in settings} == settings:
+        log.info("the encoder of this training is already refit (%s)", mark)
+        return None
+    if not (checkpoints / "best.pt").is_file():
+        log.warning("no best.pt to refit the encoder of (training never evaluated)")
+        return None
+    source = trained_state(checkpoints)
+    model.load_state_dict(source["model"])
+    model.to(device)
+    inference, decoder = split_parameters(model)
+    for p in decoder:
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(inference, lr=train.refit_encoder_lr)
+    best, trained_step = source["position"]["best"], source["position"]["step"]
+    if main:
+        drop_metrics(run_dir, lambda row: row["step"] > after or row.get("phase") == "refit")  # an earlier refit's
+    log.info("refitting the encoder of best.pt (step %d, validation nelbo %.3f) to its decoder: %d steps, lr %g",
+             trained_step, best, train.refit_encoder_steps, train.refit_encoder_lr)  # fmt: skip
+    torch.manual_seed(train.seed + after)  # every process draws the same z, so the copies stay equal
+    logs = TrainingLog(run_dir, after, after + train.refit_encoder_steps, main, log)
+    window, step, metrics, start = TrainWindow("refit"), 0, None, monotonic()  # refit/ scalars, not train/
+    refit_modes(model)
+    while step < train.refit_encoder_steps:
+        epoch += 1  # batches of epochs training has not seen the plan of
+        for indices in data.plan(epoch, train.batch_size, train.max_tokens, train.seed):
+            batch = data.collate(indices).to(device)
+            window.add(refit_step(model, batch, inference, optimizer, config.optim.grad_clip, device, train.precision),
+                       batch.num_tokens)  # fmt: skip
+            step += 1
+            logs.bar.update(1)
+            if step % train.log_every == 0 and window.stats:
+                logs.train(window, after + step, train.refit_encoder_lr)
+            if step % train.eval_every == 0 or step == train.refit_encoder_steps:
+                metrics = evaluate(model)
+                logs.evaluation(run_dir if main else None, after + step, epoch, metrics, train.refit_encoder_lr, {},
+                                {}, last["seconds"] + monotonic() - start, phase="refit")  # fmt: skip
+                logs.flush(after + step, metrics)
+                if metrics["nelbo"] < best:
+                    best = metrics["nelbo"]
+                    refit = {**settings, "step": step, "trained_step": trained_step}
+                    if main:
+                        save_checkpoint({**source, "model": model.state_dict(), "refit": refit}, checkpoints / BEST)
+                refit_modes(model)
+            if step == train.refit_encoder_steps:
+                break
+    logs.close()
+    for p in decoder:
+        p.requires_grad_(True)
+    model.eval()
+    if main:
+        mark.write_text(json.dumps({**settings, "best_nelbo": best}) + "\n")
+    log.info("encoder refit: validation nelbo %.3f (trained: %.3f)", best, source["position"]["best"])
+    return metrics
