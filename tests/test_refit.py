@@ -3,6 +3,11 @@ whose log p(x) and best Gaussian posterior are closed forms, and end to end on t
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,3 +217,24 @@ def test_the_tiny_run_refits_its_encoder_after_training(tiny_config_path, corpus
 def test_refit_keys_are_checked(tiny_config_path, keys, message):
     with pytest.raises(UserError, match=message):
         config_lib.load(tiny_config_path, keys)
+
+
+def test_sigterm_in_the_refit_stops_it_cleanly_and_the_same_command_does_it_again(tiny_config_path, corpus_dir,
+                                                                                  tmp_path):  # fmt: skip
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "textvae", "train", str(tiny_config_path), "--run-dir", str(run_dir),
+               "--set", f"data.corpus={corpus_dir}", "--set", "train.refit_encoder_steps=100000"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints/trained.pt").is_file() and time.time() < deadline:  # the refit has begun
+        time.sleep(0.05)
+    time.sleep(1.0)  # some refit steps
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert "stopped by SIGTERM in the encoder refit" in err and "trained.pt" in err
+    assert not (run_dir / "checkpoints/refit.json").exists()
+    train(config_lib.load(tiny_config_path, [f"data.corpus={corpus_dir}", "train.refit_encoder_steps=20"]), run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("phase")) for r in rows] == [(10, None), (20, None), (30, "refit"), (40, "refit")]

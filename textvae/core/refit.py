@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -35,6 +36,8 @@ from textvae.core.device import autocast
 from textvae.core.logs import TrainingLog, TrainWindow, drop_metrics
 from textvae.core.objective import elbo
 from textvae.core.remedies import split_parameters
+from textvae.core.signals import StopSignals
+from textvae.errors import TrainingStopped, UserError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,17 @@ def refit_step(model: nn.Module, batch: Any, parameters: list[nn.Parameter], opt
         return None
     optimizer.step()
     return {"loss": loss, "rec": rec, "kl": kl}
+
+
+def refit_batches(data: Any, batch_size: int, max_tokens: int, seed: int, epoch: int) -> Iterator[tuple[int, Any]]:
+    """(epoch, batch indices) of the epochs after `epoch`, whose plans training has not seen, without end."""
+    while True:
+        epoch += 1
+        plan = data.plan(epoch, batch_size, max_tokens, seed)
+        if not len(plan):
+            raise UserError("no training batch to refit the encoder on")
+        for indices in plan:
+            yield epoch, indices
 
 
 def trained_state(checkpoints: Path) -> dict[str, Any]:
@@ -113,31 +127,36 @@ def refit_encoder(model: nn.Module, data: Any, evaluate: Callable[[nn.Module], d
              trained_step, best, train.refit_encoder_steps, train.refit_encoder_lr)  # fmt: skip
     torch.manual_seed(train.seed + after)  # every process draws the same z, so the copies stay equal
     logs = TrainingLog(run_dir, after, after + train.refit_encoder_steps, main, log)
-    window, step, metrics, start = TrainWindow("refit"), 0, None, monotonic()  # refit/ scalars, not train/
+    window, metrics, start = TrainWindow("refit"), None, monotonic()  # refit/ scalars, not train/
+    signals, batches = StopSignals(), refit_batches(data, train.batch_size, train.max_tokens, train.seed, epoch)
     refit_modes(model)
-    while step < train.refit_encoder_steps:
-        epoch += 1  # batches of epochs training has not seen the plan of
-        for indices in data.plan(epoch, train.batch_size, train.max_tokens, train.seed):
+    with signals.installed():
+        for step in range(1, train.refit_encoder_steps + 1):
+            epoch, indices = next(batches)
             batch = data.collate(indices).to(device)
-            window.add(refit_step(model, batch, inference, optimizer, config.optim.grad_clip, device, train.precision),
-                       batch.num_tokens)  # fmt: skip
-            step += 1
+            stats = refit_step(model, batch, inference, optimizer, config.optim.grad_clip, device, train.precision)
+            window.add(stats, batch.num_tokens)
             logs.bar.update(1)
+            if signals.received:  # SIGTERM / SIGINT: stop now; the refit starts again from trained.pt next time
+                name = signal.Signals(signals.signal).name
+                raise TrainingStopped(
+                    f"stopped by {name} in the encoder refit, at its step {step}: the same command "
+                    f"starts it again from {checkpoints / TRAINED}",
+                    exit_code=128 + signals.signal,
+                )
             if step % train.log_every == 0 and window.stats:
                 logs.train(window, after + step, train.refit_encoder_lr)
-            if step % train.eval_every == 0 or step == train.refit_encoder_steps:
-                metrics = evaluate(model)
-                logs.evaluation(run_dir if main else None, after + step, epoch, metrics, train.refit_encoder_lr, {},
-                                {}, last["seconds"] + monotonic() - start, phase="refit")  # fmt: skip
-                logs.flush(after + step, metrics)
-                if metrics["nelbo"] < best:
-                    best = metrics["nelbo"]
-                    refit = {**settings, "step": step, "trained_step": trained_step}
-                    if main:
-                        save_checkpoint({**source, "model": model.state_dict(), "refit": refit}, checkpoints / BEST)
-                refit_modes(model)
-            if step == train.refit_encoder_steps:
-                break
+            if step % train.eval_every and step < train.refit_encoder_steps:
+                continue
+            metrics = evaluate(model)
+            logs.evaluation(run_dir if main else None, after + step, epoch, metrics, train.refit_encoder_lr, {}, {},
+                            last["seconds"] + monotonic() - start, phase="refit")  # fmt: skip
+            logs.flush(after + step, metrics)
+            if metrics["nelbo"] < best:
+                best, refit = metrics["nelbo"], {**settings, "step": step, "trained_step": trained_step}
+                if main:
+                    save_checkpoint({**source, "model": model.state_dict(), "refit": refit}, checkpoints / BEST)
+            refit_modes(model)
     logs.close()
     for p in decoder:
         p.requires_grad_(True)
