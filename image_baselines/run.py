@@ -23,7 +23,7 @@ from textvae.core.device import resolve_device
 from textvae.core.evaluation import evaluate, spread
 from textvae.core.gaps import inference_gaps
 from textvae.core.hooks import AtEndOfPretraining
-from textvae.core.refit import refit_encoder
+from textvae.core.refit import check_refit, refit_encoder
 from textvae.core.run import load_trained, open_run, save_config
 from textvae.core.trainer import Trainer
 from textvae.errors import UserError, require_extra
@@ -193,6 +193,7 @@ def train_image(config: Config, run_dir: Path, device: torch.device | None) -> d
     if isinstance(model, VaDE) and config.objective.pretrain_steps:
         init = mixture_initializer(splits["train"], train_cfg.eval_batch_size, device, train_cfg.seed)
         hooks.append(AtEndOfPretraining("mixture_init", init))
+    check_refit(model, config)
     trainer = Trainer(model, splits["train"], evaluate_valid, config, run_dir, device,
                       report_images=image_report(splits["valid"], run_dir, device), hooks=hooks)  # fmt: skip
     metrics = trainer.fit()

@@ -242,3 +242,13 @@ def test_conv_variant_encodes_and_decodes_images(name):
     assert model.log_likelihood(batch, torch.randn(3, 4, 5)).shape == (3, 4)
     elbo(model, batch).loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_refit_of_a_model_that_learns_its_prior_is_refused_before_training(mnist_dir, tmp_path, capsys):
+    run = tmp_path / "vade"
+    args = ["--set", f"data.corpus={mnist_dir}", "--set", "train.refit_encoder_steps=10", "--set", "train.device=cpu",
+            "--run-dir", str(run)]  # fmt: skip
+    assert main(["train", str(IMAGE_CONFIGS / "vade_mnist.yaml"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "VaDE learns its prior p(z)" in err[0]
+    assert not (run / "checkpoints").exists()  # refused before a step was trained

@@ -19,7 +19,7 @@ from textvae.core import distributed
 from textvae.core.device import resolve_device
 from textvae.core.evaluation import Journal, spread
 from textvae.core.gaps import inference_gaps
-from textvae.core.refit import refit_encoder
+from textvae.core.refit import check_refit, refit_encoder
 from textvae.core.run import load_trained, open_run, read_config, save_config
 from textvae.core.trainer import Trainer
 from textvae.data.batching import Batches, TextSplit
@@ -127,6 +127,7 @@ def train_text(config: Config, run_dir: Path, device: torch.device | None = None
                                                                    run.device))  # fmt: skip
         return metrics
 
+    check_refit(run.model, config)
     trainer = Trainer(run.model, run.splits["train"], evaluate_valid, config, run_dir, run.device,
                       text_report(run, train_cfg.num_text_samples))  # fmt: skip
     metrics = trainer.fit()

@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 MARK, TRAINED, BEST = "refit.json", "trained.pt", "best.pt"
 
 
+def check_refit(model: nn.Module, config: Config) -> None:
+    """Before training: refuse a refit that would change the model (a learned prior is on the inference side)."""
+    if config.train.refit_encoder_steps and getattr(model, "own_prior", False):
+        raise UserError(f"config key train.refit_encoder_steps: {type(model).__name__} learns its prior p(z), which "
+                        "the refit would train with the encoder (a changed model, not a tighter bound)")  # fmt: skip
+
+
 def refit_modes(model: nn.Module) -> None:
     """Eval mode (no dropout anywhere), but for the inference side's batch norm, which normalizes over the batch:
     each batch-norm layer and the module holding it (which may apply it itself, as core/posterior.PosteriorHead
@@ -90,7 +97,7 @@ def refit_batches(data: Any, batch_size: int, max_tokens: int, seed: int, epoch:
 def trained_state(checkpoints: Path) -> dict[str, Any]:
     """The state the refit starts from: best.pt as training left it (copied to trained.pt the first time; a best.pt
     written by an earlier refit of the same training is not refit again)."""
-    best = load_checkpoint(checkpoints / "best.pt")
+    best = load_checkpoint(checkpoints / BEST)
     if "refit" not in best:
         if distributed.is_main():
             save_checkpoint(best, checkpoints / TRAINED)
@@ -110,7 +117,7 @@ def refit_encoder(model: nn.Module, data: Any, evaluate: Callable[[nn.Module], d
     if mark.is_file() and {k: v for k, v in json.loads(mark.read_text()).items() if k in settings} == settings:
         log.info("the encoder of this training is already refit (%s)", mark)
         return None
-    if not (checkpoints / "best.pt").is_file():
+    if not (checkpoints / BEST).is_file():
         log.warning("no best.pt to refit the encoder of (training never evaluated)")
         return None
     source = trained_state(checkpoints)
