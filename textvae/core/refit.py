@@ -22,6 +22,7 @@ import logging
 import math
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -105,11 +106,47 @@ def trained_state(checkpoints: Path) -> dict[str, Any]:
     return load_checkpoint(checkpoints / TRAINED)
 
 
+@dataclass
+class RefitValidation:
+    """The refit's validations: a row of metrics.jsonl on the run's clock (`clock()`), best.pt when the nelbo beats
+    the best so far (on the main process)."""
+
+    evaluate: Callable[[nn.Module], dict[str, Any]]
+    logs: TrainingLog
+    run_dir: Path
+    source: dict[str, Any]  # the trained state the refit started from
+    settings: dict[str, Any]  # after_step, steps, lr
+    clock: Callable[[], float]
+    best: float
+
+    def __call__(self, model: nn.Module, step: int, epoch: int) -> dict[str, Any]:
+        metrics, at = self.evaluate(model), self.settings["after_step"] + step
+        main = distributed.is_main()
+        self.logs.evaluation(self.run_dir if main else None, at, epoch, metrics, self.settings["lr"], {}, {},
+                             self.clock(), phase="refit")  # fmt: skip
+        self.logs.flush(at, metrics)
+        if metrics["nelbo"] < self.best:
+            self.best = metrics["nelbo"]
+            refit = {**self.settings, "step": step, "trained_step": self.source["position"]["step"]}
+            if main:
+                save_checkpoint({**self.source, "model": model.state_dict(), "refit": refit},
+                                self.run_dir / "checkpoints" / BEST)  # fmt: skip
+        refit_modes(model)
+        return metrics
+
+
+def stopped(signals: StopSignals, step: int, checkpoints: Path) -> TrainingStopped:
+    """The error that ends a refit on SIGTERM / SIGINT (nothing to save: it starts again from trained.pt)."""
+    name = signal.Signals(signals.signal).name
+    return TrainingStopped(f"stopped by {name} in the encoder refit, at its step {step}: the same command starts it "
+                           f"again from {checkpoints / TRAINED}", exit_code=128 + signals.signal)  # fmt: skip
+
+
 def refit_encoder(model: nn.Module, data: Any, evaluate: Callable[[nn.Module], dict[str, Any]], config: Config,
                   run_dir: Path, device: torch.device) -> dict[str, Any] | None:  # fmt: skip
     """The refit of a trained run (see the module's docstring); -> the last validation metrics, or None when this
     training's refit was already done."""
-    train, checkpoints, main = config.train, Path(run_dir) / "checkpoints", distributed.is_main()
+    train, checkpoints, run_dir = config.train, Path(run_dir) / "checkpoints", Path(run_dir)
     last = load_checkpoint(checkpoints / "last.pt")
     after, epoch = last["position"]["step"], last["position"]["epoch"]
     settings = {"after_step": after, "steps": train.refit_encoder_steps, "lr": train.refit_encoder_lr}
@@ -127,15 +164,18 @@ def refit_encoder(model: nn.Module, data: Any, evaluate: Callable[[nn.Module], d
     for p in decoder:
         p.requires_grad_(False)
     optimizer = torch.optim.Adam(inference, lr=train.refit_encoder_lr)
-    best, trained_step = source["position"]["best"], source["position"]["step"]
-    if main:
+    if distributed.is_main():
         drop_metrics(run_dir, lambda row: row["step"] > after or row.get("phase") == "refit")  # an earlier refit's
     log.info("refitting the encoder of best.pt (step %d, validation nelbo %.3f) to its decoder: %d steps, lr %g",
-             trained_step, best, train.refit_encoder_steps, train.refit_encoder_lr)  # fmt: skip
+             source["position"]["step"], source["position"]["best"], train.refit_encoder_steps,
+             train.refit_encoder_lr)  # fmt: skip
     torch.manual_seed(train.seed + after)  # every process draws the same z, so the copies stay equal
-    logs = TrainingLog(run_dir, after, after + train.refit_encoder_steps, main, log)
-    window, metrics, start = TrainWindow("refit"), None, monotonic()  # refit/ scalars, not train/
-    signals, batches = StopSignals(), refit_batches(data, train.batch_size, train.max_tokens, train.seed, epoch)
+    logs = TrainingLog(run_dir, after, after + train.refit_encoder_steps, distributed.is_main(), log)
+    start = monotonic()
+    validate = RefitValidation(evaluate, logs, run_dir, source, settings, lambda: last["seconds"] + monotonic() - start,
+                               source["position"]["best"])  # fmt: skip
+    window, signals = TrainWindow("refit"), StopSignals()  # refit/ scalars, not train/
+    batches = refit_batches(data, train.batch_size, train.max_tokens, train.seed, epoch)
     refit_modes(model)
     with signals.installed():
         for step in range(1, train.refit_encoder_steps + 1):
@@ -145,30 +185,16 @@ def refit_encoder(model: nn.Module, data: Any, evaluate: Callable[[nn.Module], d
             window.add(stats, batch.num_tokens)
             logs.bar.update(1)
             if signals.received:  # SIGTERM / SIGINT: stop now; the refit starts again from trained.pt next time
-                name = signal.Signals(signals.signal).name
-                raise TrainingStopped(
-                    f"stopped by {name} in the encoder refit, at its step {step}: the same command "
-                    f"starts it again from {checkpoints / TRAINED}",
-                    exit_code=128 + signals.signal,
-                )
+                raise stopped(signals, step, checkpoints)
             if step % train.log_every == 0 and window.stats:
                 logs.train(window, after + step, train.refit_encoder_lr)
-            if step % train.eval_every and step < train.refit_encoder_steps:
-                continue
-            metrics = evaluate(model)
-            logs.evaluation(run_dir if main else None, after + step, epoch, metrics, train.refit_encoder_lr, {}, {},
-                            last["seconds"] + monotonic() - start, phase="refit")  # fmt: skip
-            logs.flush(after + step, metrics)
-            if metrics["nelbo"] < best:
-                best, refit = metrics["nelbo"], {**settings, "step": step, "trained_step": trained_step}
-                if main:
-                    save_checkpoint({**source, "model": model.state_dict(), "refit": refit}, checkpoints / BEST)
-            refit_modes(model)
+            if step % train.eval_every == 0 or step == train.refit_encoder_steps:
+                metrics = validate(model, step, epoch)
     logs.close()
     for p in decoder:
         p.requires_grad_(True)
     model.eval()
-    if main:
-        mark.write_text(json.dumps({**settings, "best_nelbo": best}) + "\n")
-    log.info("encoder refit: validation nelbo %.3f (trained: %.3f)", best, source["position"]["best"])
+    if distributed.is_main():
+        mark.write_text(json.dumps({**settings, "best_nelbo": validate.best}) + "\n")
+    log.info("encoder refit: validation nelbo %.3f (trained: %.3f)", validate.best, source["position"]["best"])
     return metrics
