@@ -145,7 +145,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # also stop (evaluated, checkpointed) after this much wall time of training,
     # evaluations included, summed over resumed sessions: runs compared at the same time budget; 0 disables
     refit_encoder_steps: int = 0  # after training, Adam steps of the inference side alone against the decoder as
-    # evaluated (no dropout), from best.pt: tighter ELBO and IW-k NLL of the same p(x) (core/refit.py); 0: none
+    # evaluated (no dropout), from best.pt, free bits kept: tighter ELBO and IW-k NLL of the same p(x)
+    # (core/refit.py); 0: none
     refit_encoder_lr: float = 0.0003  # Adam's LR for those steps
     batch_size: int = 32  # sentences per batch
     max_tokens: int = 0  # also cap padded tokens per batch; 0 disables

@@ -5,8 +5,10 @@ evaluation and use read has none, so a run ends with its encoder fit to another 
 and the bounds it gives (the ELBO, the IW-k NLL) are looser than they need be: part of the amortization gap
 (Cremer et al. 2018). The refit trains the inference side alone (core/remedies.split_parameters) on the ELBO of
 the model as evaluated, the decoder frozen in eval mode, from best.pt, with Adam. p(x|z) and p(z) do not change,
-so log p(x) does not: its estimates tighten. Batch norm on the inference side (BN-VAE's posterior means) keeps
-normalizing over the batch as in training, so its KL floor still holds.
+so log p(x) does not: its estimates tighten. What kept the code informative in training still holds: the run's
+free bits (objective.free_bits) apply, and batch norm on the inference side (BN-VAE's posterior means) keeps
+normalizing over the batch, so its KL floor stays; without them the refit buys a tighter bound with the code's
+information (docs/results_ptb.md).
 
 Validation runs every train.eval_every steps of the refit and at its end; a validation nelbo better than the
 trained best.pt's is written to best.pt (the trained one is kept as checkpoints/trained.pt), its rows go to
@@ -35,7 +37,7 @@ from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint, save_checkpoint
 from textvae.core.device import autocast
 from textvae.core.logs import TrainingLog, TrainWindow, drop_metrics
-from textvae.core.objective import elbo
+from textvae.core.objective import ElboSettings, elbo
 from textvae.core.remedies import split_parameters
 from textvae.core.signals import StopSignals
 from textvae.errors import TrainingStopped, UserError
@@ -67,14 +69,16 @@ def refit_modes(model: nn.Module) -> None:
 
 
 def refit_step(model: nn.Module, batch: Any, parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-               grad_clip: float, device: torch.device, precision: str) -> dict[str, float] | None:  # fmt: skip
-    """One Adam step of `parameters` on the batch's negative ELBO (KL weight 1, no free bits); -> its loss, rec and
-    kl, or None when the loss or gradient is not finite (no step taken)."""
-    with autocast(device, precision):
-        terms = elbo(model, batch)
+               config: Config, device: torch.device) -> dict[str, float] | None:  # fmt: skip
+    """One Adam step of `parameters` on the batch's negative ELBO at KL weight 1, under the run's free bits (as in
+    training: the refit must not buy a tighter bound with the code's information); -> its loss, rec and kl, or None
+    when the loss or gradient is not finite (no step taken)."""
+    objective = config.objective
+    with autocast(device, config.train.precision):
+        terms = elbo(model, batch, ElboSettings(free_bits=objective.free_bits, free_bits_mode=objective.free_bits_mode))
     optimizer.zero_grad(set_to_none=True)
     terms.loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip or math.inf)
+    norm = torch.nn.utils.clip_grad_norm_(parameters, config.optim.grad_clip or math.inf)
     loss, rec, kl, norm = torch.stack([terms.loss.detach(), terms.rec.detach().mean(), terms.kl.detach().mean(),
                                        norm.detach().float()]).tolist()  # fmt: skip
     if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -149,7 +153,13 @@ def refit_encoder(model: nn.Module, data: Any, evaluate: Callable[[nn.Module], d
     train, checkpoints, run_dir = config.train, Path(run_dir) / "checkpoints", Path(run_dir)
     last = load_checkpoint(checkpoints / "last.pt")
     after, epoch = last["position"]["step"], last["position"]["epoch"]
-    settings = {"after_step": after, "steps": train.refit_encoder_steps, "lr": train.refit_encoder_lr}
+    settings = {
+        "after_step": after,
+        "steps": train.refit_encoder_steps,
+        "lr": train.refit_encoder_lr,
+        "free_bits": config.objective.free_bits,
+        "free_bits_mode": config.objective.free_bits_mode,
+    }
     mark = checkpoints / MARK
     if mark.is_file() and {k: v for k, v in json.loads(mark.read_text()).items() if k in settings} == settings:
         log.info("the encoder of this training is already refit (%s)", mark)
@@ -181,7 +191,7 @@ def refit_encoder(model: nn.Module, data: Any, evaluate: Callable[[nn.Module], d
         for step in range(1, train.refit_encoder_steps + 1):
             epoch, indices = next(batches)
             batch = data.collate(indices).to(device)
-            stats = refit_step(model, batch, inference, optimizer, config.optim.grad_clip, device, train.precision)
+            stats = refit_step(model, batch, inference, optimizer, config, device)
             window.add(stats, batch.num_tokens)
             logs.bar.update(1)
             if signals.received:  # SIGTERM / SIGINT: stop now; the refit starts again from trained.pt next time
