@@ -12,6 +12,21 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 HERE = Path(__file__).resolve().parent
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _worker(launcher: list[str], command: list[str], run_dir) -> None:
+    """ddp_worker.py (`textvae train` dumping each rank's parameters) under `launcher`, one thread a process."""
+    result = subprocess.run(
+        [*launcher, str(HERE / "ddp_worker.py"), *command, "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def _losses(run):
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
@@ -23,14 +38,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_config_
     common = ["train", str(tiny_config_path), "--set", f"data.corpus={corpus_dir}", "--set", "model.name=lstm_lm",
               "--set", "train.max_steps=6", "--set", "train.log_every=1", "--set", "train.eval_every=3",
               "--set", "train.num_threads=1"]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    ddp = subprocess.run([*launcher, str(HERE / "ddp_worker.py"), *common, "--run-dir", str(tmp_path / "ddp")],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), *common, "--run-dir", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
-    assert single.returncode == 0, single.stderr[-3000:]
+    _worker(TORCHRUN, common, tmp_path / "ddp")
+    _worker([sys.executable], common, tmp_path / "one")
 
     rank0 = torch.load(tmp_path / "ddp/params_rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "ddp/params_rank1.pt", weights_only=True)
@@ -57,11 +66,7 @@ def test_every_process_refits_the_same_encoder_and_rank_zero_alone_logs_it(tiny_
     sets = [f"data.corpus={corpus_dir}", "train.max_steps=6", "train.eval_every=3", "train.num_threads=1",
             "train.refit_encoder_steps=6", "train.refit_encoder_lr=0.01", "model.output_dropout=0.3"]  # fmt: skip
     command = ["train", str(tiny_config_path), *(item for key in sets for item in ("--set", key))]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    ddp = subprocess.run([*launcher, str(HERE / "ddp_worker.py"), *command, "--run-dir", str(tmp_path / "ddp")],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    _worker(TORCHRUN, command, tmp_path / "ddp")
     rank0 = torch.load(tmp_path / "ddp/refit_rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "ddp/refit_rank1.pt", weights_only=True)
     trained = torch.load(tmp_path / "ddp/params_rank0.pt", weights_only=True)

@@ -119,7 +119,7 @@ class RefitValidation:
     logs: TrainingLog
     run_dir: Path
     source: dict[str, Any]  # the trained state the refit started from
-    settings: dict[str, Any]  # after_step, steps, lr
+    settings: dict[str, Any]  # what the refit.json mark compares: after_step, steps, lr, free bits
     clock: Callable[[], float]
     best: float
 
@@ -187,23 +187,25 @@ def refit_encoder(model: nn.Module, data: Any, evaluate: Callable[[nn.Module], d
     window, signals = TrainWindow("refit"), StopSignals()  # refit/ scalars, not train/
     batches = refit_batches(data, train.batch_size, train.max_tokens, train.seed, epoch)
     refit_modes(model)
-    with signals.installed():
-        for step in range(1, train.refit_encoder_steps + 1):
-            epoch, indices = next(batches)
-            batch = data.collate(indices).to(device)
-            stats = refit_step(model, batch, inference, optimizer, config, device)
-            window.add(stats, batch.num_tokens)
-            logs.bar.update(1)
-            if signals.received:  # SIGTERM / SIGINT: stop now; the refit starts again from trained.pt next time
-                raise stopped(signals, step, checkpoints)
-            if step % train.log_every == 0 and window.stats:
-                logs.train(window, after + step, train.refit_encoder_lr)
-            if step % train.eval_every == 0 or step == train.refit_encoder_steps:
-                metrics = validate(model, step, epoch)
-    logs.close()
-    for p in decoder:
-        p.requires_grad_(True)
-    model.eval()
+    try:
+        with signals.installed():
+            for step in range(1, train.refit_encoder_steps + 1):
+                epoch, indices = next(batches)
+                batch = data.collate(indices).to(device)
+                stats = refit_step(model, batch, inference, optimizer, config, device)
+                window.add(stats, batch.num_tokens)
+                logs.bar.update(1)
+                if signals.received:  # SIGTERM / SIGINT: stop now; the refit starts again from trained.pt next time
+                    raise stopped(signals, step, checkpoints)
+                if step % train.log_every == 0 and window.stats:
+                    logs.train(window, after + step, train.refit_encoder_lr)
+                if step % train.eval_every == 0 or step == train.refit_encoder_steps:
+                    metrics = validate(model, step, epoch)
+    finally:  # also on a stop: the model handed back trains whole again
+        logs.close()
+        for p in decoder:
+            p.requires_grad_(True)
+        model.eval()
     if distributed.is_main():
         mark.write_text(json.dumps({**settings, "best_nelbo": validate.best}) + "\n")
     log.info("encoder refit: validation nelbo %.3f (trained: %.3f)", validate.best, source["position"]["best"])
