@@ -206,6 +206,21 @@ def test_a_stopped_evaluation_resumes_at_the_batch_it_reached_with_the_figures_o
     assert not path.exists()  # a complete evaluation leaves no journal behind
 
 
+def test_an_evaluation_stopped_after_its_last_batch_resumes_to_the_same_mutual_information(tmp_path):
+    """A journal holding every batch replays them all without a fresh draw: the MI's own draw must be seeded."""
+    torch.manual_seed(0)
+    batches = [_Batch(torch.randn(5, 2), torch.randn(5, 2) * 0.3, torch.randn(5)) for _ in range(3)]
+    model = _DrawDependent(2)
+    whole = evaluate(model, batches, 4, CPU)
+    path = tmp_path / "evaluation.partial"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, _stopped_after(batches, 3), 4, CPU, journal=Journal(path, {"step": 100}, every=0))
+    torch.manual_seed(12345)  # whatever the caller's random state
+    model.encoded = 0
+    assert evaluate(model, batches, 4, CPU, journal=Journal(path, {"step": 100})) == whole
+    assert model.encoded == 0
+
+
 def test_a_journal_of_other_settings_or_a_damaged_one_is_not_used(tmp_path):
     torch.manual_seed(0)
     batches = [_Batch(torch.randn(4, 2), torch.zeros(4, 2), torch.randn(4)) for _ in range(3)]

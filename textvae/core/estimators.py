@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from textvae.core.flows import sample_posterior
-from textvae.core.gaussian import log_normal, reparameterize
+from textvae.core.gaussian import log_normal
 from textvae.core.latent import LatentModel, log_prior
 
 
@@ -40,17 +40,18 @@ def iw_log_likelihood(log_weights: Tensor) -> Tensor:
     return torch.logsumexp(log_weights, dim=1) - math.log(log_weights.shape[1])
 
 
-def mutual_information(mu: Tensor, logvar: Tensor, chunk: int = 512) -> float:
+def mutual_information(mu: Tensor, logvar: Tensor, chunk: int = 512, generator: torch.Generator | None = None) -> float:
     """I_q(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)], q(z) the aggregate posterior of all N rows.
 
-    mu, logvar: [N, D], the posteriors of a whole split. One z per x; log q(z) by logsumexp over N.
+    mu, logvar: [N, D], the posteriors of a whole split. One z per x, drawn with `generator` (on mu's device; the
+    global random stream without one); log q(z) by logsumexp over N.
     """
     n = mu.shape[0]
     if n == 0 or mu.shape[1] == 0:
         return 0.0
     chunk = max(1, min(chunk, MI_BLOCK // n))  # rows at a time: [chunk, N] float64 blocks of at most 128 MB
     mu, logvar = mu.float(), logvar.float()
-    z = reparameterize(mu, logvar)[:, 0]  # [N, D]
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device)  # [N, D]
     # log q(z|x) at the same draw as log q(z) (not the analytic entropy): the noise of the two cancels.
     log_qz_x = log_normal(z, mu, logvar).mean()
     # log N(z_i; mu_j, s_j^2) for all pairs as matmuls: the quadratic form expanded, in float64

@@ -30,6 +30,7 @@ from textvae.core.latent import LatentModel, posterior_kl
 from textvae.core.logs import ProgressLog
 
 log = logging.getLogger(__name__)
+MI_SEED_OFFSET = 1 << 31  # the MI draw: seed + this (mod 2^32, as the CPU generator takes it); batch i: seed + i
 
 
 class Subsample:
@@ -195,7 +196,10 @@ def evaluate(
         mu_all = columns[0] if columns else torch.zeros(examples, 0)
         logvar_all = columns[1] if columns else torch.zeros(examples, 0)
         # MI of the base Gaussian: the flow is one bijection for all x, which leaves I(x; z) unchanged
-        mi = mutual_information(mu_all, logvar_all)
+        # its own seeded draw (a journal holding every batch replays them without reseeding the global stream), from
+        # a seed no batch's reaches
+        generator = torch.Generator(mu_all.device).manual_seed(seed + MI_SEED_OFFSET)
+        mi = mutual_information(mu_all, logvar_all, generator=generator)
         mean_all = columns[2] if flow and columns else mu_all
     model.train(was_training)
     if journal is not None:
