@@ -18,6 +18,7 @@ from torch import Tensor
 
 from textvae.core.device import transfer
 from textvae.core.paths import data_dir
+from textvae.data.batching import merge_short_tail
 from textvae.errors import UserError
 
 SIDE = 28
@@ -129,13 +130,16 @@ class ImageSplit:
         generator = torch.Generator().manual_seed(seed)
         return torch.bernoulli(self.grey, generator=generator)
 
-    def plan(self, epoch: int, batch_size: int, max_tokens: int = 0, seed: int = 0) -> list[list[int]]:
-        """Shuffled batches for `epoch`; a dynamic split also draws this epoch's binarization."""
+    def plan(self, epoch: int, batch_size: int, max_tokens: int = 0, seed: int = 0,
+             min_sentences: int = 1) -> list[list[int]]:  # fmt: skip
+        """Shuffled batches for `epoch` (a last one of fewer than `min_sentences` images, the processes sharing
+        each batch, joins the one before it); a dynamic split also draws this epoch's binarization."""
         if self.dynamic and self._epoch != epoch:
             self._binary = self._binarize(1_000_003 * (seed + 1) + epoch)
             self._epoch = epoch
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        starts = merge_short_tail(range(0, len(order), batch_size), len(order), min_sentences)
+        return [order[start:stop] for start, stop in zip(starts, [*starts[1:], len(order)])]
 
     def _fix_binary(self) -> None:
         """A dynamic split asked for in order (or in part) before any epoch: one fixed draw."""

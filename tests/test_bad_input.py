@@ -73,8 +73,11 @@ def test_a_split_of_no_sentence_is_refused_before_training(tmp_path, capsys, lay
 
 
 class _OneSentenceBatches:
-    def plan(self, epoch, batch_size, max_tokens=0, seed=0):
-        return [[0], [1]]
+    asked = None
+
+    def plan(self, epoch, batch_size, max_tokens=0, seed=0, min_sentences=1):
+        self.asked = min_sentences
+        return [[0], [1]]  # a split of one sentence a batch: no batch can hold more
 
     def collate(self, indices):
         raise AssertionError("no batch can be shared by two processes")
@@ -83,11 +86,13 @@ class _OneSentenceBatches:
 def test_batches_smaller_than_the_process_count_are_refused_not_looped_over(tmp_path, monkeypatch):
     # under torchrun every rank needs a sentence of each batch; with none left the loop would spin for ever
     config = config_lib.from_dict({"train": {"max_steps": 3, "device": "cpu"}})
-    trainer = Trainer(torch.nn.Linear(1, 1), _OneSentenceBatches(), lambda m: {}, config, tmp_path, torch.device("cpu"))
+    source = _OneSentenceBatches()
+    trainer = Trainer(torch.nn.Linear(1, 1), source, lambda m: {}, config, tmp_path, torch.device("cpu"))
     trainer.world = 2  # as under torchrun with 2 processes, without the process group
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, device_ids: module)
     with pytest.raises(UserError, match="no training batch holds a sentence for each of the 2 processes"):
         trainer._fit()
+    assert source.asked == 2  # the plan was asked for batches every process can share
 
 
 # -- repeated keys in a config --------------------------------------------------------------------

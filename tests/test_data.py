@@ -1,3 +1,4 @@
+import random
 import sys
 
 import pytest
@@ -171,6 +172,25 @@ def test_token_budget_caps_padded_batch_size():
     assert all(len(b) * max(lengths[i] for i in b) <= 20 for b in batches)
     assert sorted(i for b in batches for i in b) == list(range(7))
     assert bucket([0], [50], batch_size=4, max_tokens=20) == [[0]]  # a single long sentence still passes
+
+
+def test_a_plan_for_several_processes_keeps_every_sentence_the_longest_included():
+    # 8 processes at a 500-token budget: a batch of sentences over ~60 tokens would hold fewer than 8, and the
+    # trainer dropped such batches (the same longest sentences every epoch); each batch now holds 8 or more
+    rng = random.Random(0)
+    sentences = [" ".join(["w"] * rng.randint(5, 100)) for _ in range(2000)]
+    split = TextSplit(sentences, WordTokenizer.build(["w"], DataConfig()), 100)
+    for epoch in (0, 1):
+        plan = split.plan(epoch, batch_size=64, max_tokens=500, seed=3, min_sentences=8)
+        assert sorted(i for batch in plan for i in batch) == list(range(2000))
+        assert min(len(batch) for batch in plan) >= 8 and max(len(batch) for batch in plan) < 64 + 8
+        over = [batch for batch in plan if len(batch) * max(split.lengths[i] for i in batch) > 500]
+        assert over and all(len(batch) < 16 for batch in over)  # over the budget only to give each process one
+    alone = split.plan(0, batch_size=64, max_tokens=500, seed=3)
+    assert min(len(batch) for batch in alone) < 8  # one process: the plan as before, long sentences alone
+    assert alone == split.plan(0, batch_size=64, max_tokens=500, seed=3, min_sentences=1)
+    tail = split.plan(0, batch_size=64, seed=3, min_sentences=24)  # 2000 = 31 * 64 + 16: the 16 join a batch
+    assert len(tail) == 31 and sorted(len(batch) for batch in tail)[-1] == 80
 
 
 def test_batch_moves_to_device():

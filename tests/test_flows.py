@@ -244,6 +244,19 @@ def test_flow_runs_train_and_report_gaps(tiny_config_path, corpus_dir, tmp_path,
     z = model.sample_z(["cat w1 w2 cat", "dog w3 dog"], 3)
     assert z.shape == (2, 3, 4) and torch.isfinite(z).all()
     assert len(model.decode(z[:, 0])) == 2
+    # what is decoded from a sentence is E_q[z|x] of the z the decoder reads (the flow's output), not the base mu
+    sentences = ["cat w1 w2 cat", "dog w3 dog", "cat w3 cat"]
+    mu, _ = model.encode(sentences)
+    codes = model.codes(sentences)
+    assert (codes - mu).abs().max() > 1e-3
+    decoded, decode = [], model.decode
+    model.decode = lambda z, **options: decoded.append(z) or decode(z, **options)
+    model.reconstruct(sentences)
+    model.interpolate(sentences[0], sentences[1], steps=3)
+    model.analogy(*sentences)
+    assert torch.equal(decoded[0], codes)
+    assert torch.allclose(decoded[1][[0, -1]], codes[:2], atol=1e-6)
+    assert torch.allclose(decoded[2][0], codes[2] + codes[1] - codes[0], atol=1e-6)
     with pytest.raises(UserError, match="free_bits_mode"):
         config_lib.load(tiny_config_path, ["model.flow=planar"])  # tiny.yaml has free bits per dimension
     config_lib.load(tiny_config_path, ["model.flow=planar", "objective.free_bits_mode=vector"])  # a target KL is fine

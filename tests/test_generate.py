@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import textvae.api
 from textvae import config as config_lib
 from textvae.api import load
 from textvae.cli import main
@@ -98,6 +99,15 @@ def test_top_k_and_top_p_keep_every_token_tied_at_the_edge():
         assert torch.equal(filter_logits(logits[:, order], top_k, top_p), filtered[:, order]), (top_k, top_p)
 
 
+def test_a_decoder_with_a_table_of_positions_refuses_a_longer_decoding():
+    decoder = _toy_decoder()
+    decoder.max_steps = 3  # what a Transformer decoder sets from model.max_positions
+    z = torch.randn(2, 2)
+    assert len(decode(decoder, z, BOS, EOS, Decoding(max_length=3))) == 2
+    with pytest.raises(ValueError, match="model.max_positions"):
+        decode(decoder, z, BOS, EOS, Decoding(max_length=4))
+
+
 def test_slerp_keeps_the_norm_of_nearly_antipodal_ends():
     # ends 0.001 and 0.0001 rad from antipodal. In fp32 the norm sagged midway (2.29 -> 2.10 on the first pair),
     # and at 0.0001 sin(omega) rounded to 0: a fall back to lerp, through the origin
@@ -152,6 +162,25 @@ def test_same_seed_same_samples(run_dir):
     assert first == model.sample(6, seed=4, strategy="sample", top_p=0.9)
     assert first != model.sample(6, seed=5, strategy="sample", top_p=0.9)
     assert model.homotopy(4, seed=1) == model.homotopy(4, seed=1)
+
+
+def test_an_unseeded_call_leaves_the_callers_random_stream_alone(run_dir):
+    model = load(run_dir)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    model.sample(2, seed=None)
+    model.homotopy(3, seed=None)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_api_decodes_up_to_data_max_length_words_and_eos(run_dir, monkeypatch):
+    model = load(run_dir)
+    limits = []
+    original = textvae.api.decode
+    monkeypatch.setattr(textvae.api, "decode", lambda *args: limits.append(args[4].max_length) or original(*args))
+    model.reconstruct(["cat w1 cat"])
+    assert limits == [model.run.config.data.max_length + 1]  # as evaluate --reconstruction decodes
 
 
 def test_awkward_inputs_give_sensible_results(run_dir):

@@ -231,6 +231,9 @@ def test_image_split_batches_cover_every_image_once(mnist_dir):
     split: ImageSplit = load_mnist(str(mnist_dir), 0.1)["train"]
     plan = split.plan(0, 64, seed=1)
     assert sorted(i for batch in plan for i in batch) == list(range(len(split)))
+    tail = len(split) % 64  # the last batch's images; with more processes than that it joins the batch before
+    shared = split.plan(0, 64, seed=1, min_sentences=tail + 1)
+    assert len(shared) == len(plan) - 1 and sorted(i for batch in shared for i in batch) == list(range(len(split)))
 
 
 @pytest.mark.parametrize("name", ["image_vae", "image_cvae"])

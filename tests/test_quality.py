@@ -159,6 +159,23 @@ def test_cli_probe(labeled_run, capsys):
     assert capsys.readouterr().err.startswith("textvae: error: --labels 100000 is more than the 240")
 
 
+def test_reconstruction_of_a_run_on_an_hf_corpus(tiny_config_path, tmp_path, capsys, monkeypatch):
+    # the scores read the sentences evaluated from the run's encoded split, so every corpus kind works (a reload of
+    # the text by name knew named corpora and paths only: "corpus not found" for hf:)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TEXTVAE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "my_dataset"
+    root.mkdir()
+    for split, seed in (("train", 1), ("validation", 2), ("test", 3)):
+        lines = [json.dumps({"sentence": s}) for s in make_sentences(60, seed)]
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = config_lib.load(tiny_config_path, [f"data.corpus=hf:{root}", "train.max_steps=2", "train.eval_every=2"])
+    train(config, tmp_path / "run")
+    argv = ["evaluate", str(tmp_path / "run"), "--iw-samples", "1", "--reconstruction", "--max-examples", "5"]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reconstruction"]["sentences"] == 5
+
+
 def test_probe_without_labels_is_one_line(tiny_config_path, corpus_dir, tmp_path, capsys):
     config = config_lib.load(tiny_config_path, [f"data.corpus={corpus_dir}", "train.max_steps=2", "train.eval_every=2"])
     train(config, tmp_path / "run")

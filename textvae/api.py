@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from textvae.core.estimators import decoder_code
 from textvae.core.flows import sample_posterior
 from textvae.data.batching import TextSplit
 from textvae.errors import UserError
@@ -51,6 +52,15 @@ class SentenceVAE:
         return self.model.encode(self._batch(sentences))
 
     @torch.no_grad()
+    def codes(self, sentences: list[str]) -> Tensor:
+        """The code decoded from each sentence's posterior: E_q[z|x] of the z the decoder reads ([N, D]): mu, or
+        under a flow the mean of the flow's images of seeded draws (`reconstruct`, `interpolate` and `analogy`)."""
+        self._require_latent()
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        return decoder_code(self.model, *self.model.encode(self._batch(sentences)))
+
+    @torch.no_grad()
     def sample_z(self, sentences: list[str], num_samples: int = 1) -> Tensor:
         """Draws from q(z|x) for each sentence, through the flow when there is one. -> [N, num_samples, D]."""
         self._require_latent()
@@ -61,7 +71,8 @@ class SentenceVAE:
 
     def decode(self, z: Tensor | None, seed: int | None = 0, num: int | None = None, **options) -> list[str]:
         """Sentences for each row of z ([N, D]); `num` sentences from a language model (z None)."""
-        decoding = replace(Decoding(max_length=self.run.config.data.max_length), **options)
+        # data.max_length counts the words; the decoder's limit counts <eos> too (as the pipeline's)
+        decoding = replace(Decoding(max_length=self.run.config.data.max_length + 1), **options)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -77,33 +88,37 @@ class SentenceVAE:
         if not self.latent_dim:
             options.setdefault("strategy", "sample")
             return self.decode(None, seed=seed, num=n, **options)
-        generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        generator = torch.Generator().manual_seed(seed if seed is not None else fresh_seed())
         z = torch.randn(n, self.latent_dim, generator=generator)
         return self.decode(z, seed=seed, **options)
 
     def reconstruct(self, sentences: list[str], **options) -> list[str]:
-        """Decode each sentence's posterior mean."""
-        mu, _ = self.encode(sentences)
-        return self.decode(mu, **options)
+        """Decode each sentence's posterior mean (`codes`)."""
+        return self.decode(self.codes(sentences), **options)
 
     def interpolate(self, a: str, b: str, steps: int = 5, method: str = "lerp", dedupe: bool = False,
                     **options) -> list[str]:  # fmt: skip
         """Sentences along the path between the posterior means of a and b, both ends included."""
-        mu, _ = self.encode([a, b])
-        sentences = self.decode(interpolation_path(mu[0], mu[1], steps, method), **options)
+        ends = self.codes([a, b])
+        sentences = self.decode(interpolation_path(ends[0], ends[1], steps, method), **options)
         return dedupe_consecutive(sentences) if dedupe else sentences
 
     def homotopy(self, steps: int = 5, method: str = "lerp", seed: int | None = 0, **options) -> list[str]:
         """Sentences along the path between two samples of the prior (Bowman et al. 2016)."""
         self._require_latent()
-        generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        generator = torch.Generator().manual_seed(seed if seed is not None else fresh_seed())
         ends = torch.randn(2, self.latent_dim, generator=generator)
         return self.decode(interpolation_path(ends[0], ends[1], steps, method), seed=seed, **options)
 
     def analogy(self, a: str, b: str, c: str, **options) -> str:
         """Decode z_c + z_b - z_a: "a is to b as c is to ?"."""
-        mu, _ = self.encode([a, b, c])
-        return self.decode((mu[2] + mu[1] - mu[0]).unsqueeze(0), **options)[0]
+        z = self.codes([a, b, c])
+        return self.decode((z[2] + z[1] - z[0]).unsqueeze(0), **options)[0]
+
+
+def fresh_seed() -> int:
+    """A random seed that leaves the caller's global random stream as it was (torch.seed() would reseed it)."""
+    return torch.Generator().seed()
 
 
 def load(run_dir: str | Path, checkpoint: str = "best") -> SentenceVAE:

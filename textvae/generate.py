@@ -137,6 +137,10 @@ def decode(
 ) -> list[list[int]]:
     """Decode one sequence per row of z ([N, D]; or `num` rows without a latent code) -> ids without <eos>."""
     rows = z.shape[0] if z is not None else num
+    limit = getattr(decoder, "max_steps", None)  # a decoder with a table of positions decodes at most that many
+    if limit is not None and options.max_length > limit:
+        raise ValueError(f"max_length {options.max_length} is more than the {limit} positions of this model "
+                         "(model.max_positions)")  # fmt: skip
     banned = banned if banned is not None else [0, bos_id]
     if options.strategy == "beam":
         return _beam(decoder, z, rows, bos_id, eos_id, banned, options)

@@ -23,7 +23,6 @@ from textvae.core.refit import check_refit, refit_encoder
 from textvae.core.run import load_trained, open_run, read_config, save_config
 from textvae.core.trainer import Trainer
 from textvae.data.batching import Batches, TextSplit
-from textvae.data.corpus import load_corpus
 from textvae.data.store import encoded_splits, load_splits
 from textvae.data.tokenizer import Tokenizer, load_tokenizer
 from textvae.errors import UserError
@@ -203,9 +202,7 @@ def evaluate_text_run(
             run.model, batches, run.device, -metrics["nll"], **gaps, precision=precision, iw_samples=iw_samples
         )
     if quality is not None:
-        sentences = load_corpus(run.config.data.corpus, run.config.data.holdout).splits[split]
-        data = TextSplit([sentences[i] for i in spread(len(sentences), max_examples)], run.tokenizer,
-                         run.config.data.max_length)  # fmt: skip
+        data = batches.split  # the sentences evaluated above, encoded (any corpus kind, the cache's memory map)
         options = Decoding(quality["decode"], run.config.data.max_length + 1, quality["beam_size"])
         metrics.update(assess(run.model, run.tokenizer, data, options, run.device, quality["reconstruction"],
                               quality["interpolations"], quality["steps"], quality["seed"]))  # fmt: skip

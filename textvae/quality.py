@@ -16,6 +16,7 @@ import sacrebleu
 import torch
 from torch import Tensor, nn
 
+from textvae.core.estimators import decoder_code
 from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import Tokenizer
 from textvae.generate import Decoding, decode, interpolation_path
@@ -101,13 +102,16 @@ def evaluating(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def posterior_means(model: nn.Module, split: TextSplit, device: torch.device, batch_size: int = 256) -> Tensor:
-    """E_q[z|x] of the base Gaussian for every sentence of `split`, in its order. -> mu [N, D] on the CPU."""
+def posterior_means(model: nn.Module, split: TextSplit, device: torch.device, batch_size: int = 256,
+                    decoded: bool = False) -> Tensor:  # fmt: skip
+    """E_q[z|x] for every sentence of `split`, in its order -> [N, D] on the CPU: of the base Gaussian (mu, the
+    probe's features), or with `decoded` of the z the decoder reads (estimators.decoder_code: the code to decode
+    from, which differs from mu under a flow)."""
     means = torch.zeros(len(split), model.latent_dim)
     with evaluating(model):
         for indices in split.ordered(batch_size):  # length-sorted batches pad little; rows go back in place
-            mu, _ = model.encode(split.collate(indices).to(device))
-            means[indices] = mu.float().cpu()
+            mu, logvar = model.encode(split.collate(indices).to(device))
+            means[indices] = (decoder_code(model, mu, logvar) if decoded else mu.float()).cpu()
     return means
 
 
@@ -129,7 +133,7 @@ def reconstruct_split(model: nn.Module, tokenizer: Tokenizer, split: TextSplit, 
                       device: torch.device, means: Tensor | None = None) -> tuple[list[str], list[str]]:  # fmt: skip
     """(inputs as the model sees them, their reconstructions decoded from the posterior means [N, D]).
     Decoded in order of length, so that a batch's rows end at about the same step."""
-    means = posterior_means(model, split, device) if means is None else means
+    means = posterior_means(model, split, device, decoded=True) if means is None else means
     order = [i for batch in split.ordered(max(1, len(split))) for i in batch]
     decoded = decode_codes(model, tokenizer, means[order], options)
     outputs = [""] * len(split)
@@ -160,7 +164,7 @@ def assess(
     """Reconstruction scores of every sentence of `split` (`reconstruction`) and interpolation scores of
     `interpolations` seeded random pairs of its sentences, K = `steps` points each, all decoded with `options`
     from posterior means. -> {"reconstruction": {...}, "interpolation": {...}} (the parts asked for)."""
-    means = posterior_means(model, split, device)
+    means = posterior_means(model, split, device, decoded=True)
     result: dict[str, Any] = {}
     if reconstruction:
         inputs, outputs = reconstruct_split(model, tokenizer, split, options, device, means)

@@ -95,6 +95,19 @@ def posterior_mean(model: LatentModel, mu: Tensor, logvar: Tensor, noise: Tensor
     return flow(z_0)[0].float().mean(1)
 
 
+def base_noise(latent_dim: int, seed: int = 0) -> Tensor:
+    """AU_SAMPLES seeded draws of the base noise [S, D], the same for every x (see posterior_mean)."""
+    return torch.randn(AU_SAMPLES, latent_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def decoder_code(model: LatentModel, mu: Tensor, logvar: Tensor) -> Tensor:
+    """E_q[z|x] of the z the decoder reads, the code decoded from a sentence's posterior: mu ([B, D], fp32), or
+    under a flow the mean of its images of the seeded base draws (posterior_mean; mu itself is never decoded)."""
+    if getattr(model, "posterior_flow", None) is None:
+        return mu.float()
+    return posterior_mean(model, mu, logvar, base_noise(mu.shape[1]))
+
+
 def active_units(mu: Tensor, threshold: float = 0.01) -> int:
     """Number of dimensions with Cov_x(E_q[z|x]) above `threshold`. mu: [N, D], E_q[z|x] per example (the
     posterior means, or `posterior_mean`'s estimate under a flow)."""

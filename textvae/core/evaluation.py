@@ -19,6 +19,7 @@ from textvae.core.device import autocast
 from textvae.core.estimators import (
     AU_SAMPLES,
     active_units,
+    base_noise,
     iw_chunk,
     iw_log_likelihood,
     iw_log_weights,
@@ -156,7 +157,7 @@ def evaluate(
     kl_sums = None  # per-dimension KL summed over examples
     flow = getattr(model, "posterior_flow", None) is not None
     # one set of base-noise draws for every example: see estimators.posterior_mean
-    noise = torch.randn(AU_SAMPLES, model.latent_dim, generator=torch.Generator().manual_seed(seed)) if flow else None
+    noise = base_noise(model.latent_dim, seed) if flow else None
     done = journal.records if journal is not None else []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         bar = tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None)

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 class BatchSource(Protocol):
-    def plan(self, epoch: int, batch_size: int, max_tokens: int = 0, seed: int = 0) -> list[list[int]]: ...
+    def plan(self, epoch: int, batch_size: int, max_tokens: int = 0, seed: int = 0,
+             min_sentences: int = 1) -> list[list[int]]: ...  # fmt: skip
 
     def collate(self, indices: list[int]) -> Any: ...
 
@@ -205,8 +206,10 @@ class Trainer:
             drop_metrics(self.run_dir, lambda row: row.get("phase") == "refit")
         self._clock = monotonic()
         while self.position.step < train.max_steps and not stop:
-            self._plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed)
-            if self.world > 1:  # every rank needs a share of each batch
+            # under torchrun, batches every rank can share (a source of one process need not know the keyword)
+            shared = {"min_sentences": self.world} if self.world > 1 else {}
+            self._plan = self.data.plan(self.position.epoch, train.batch_size, train.max_tokens, train.seed, **shared)
+            if self.world > 1:  # every rank needs a share of each batch (only an epoch of fewer sentences lacks it)
                 self._plan = [indices for indices in self._plan if len(indices) >= self.world]
             if not self._plan:  # else the loop would run through empty epochs for ever
                 raise UserError(f"no training batch holds a sentence for each of the {self.world} processes: use a "

@@ -162,11 +162,12 @@ class TextSplit:
         """The batches of `plan`, collated as they are iterated."""
         return Batches(self, plan)
 
-    def plan(self, epoch: int, batch_size: int, max_tokens: int = 0, seed: int = 0) -> Plan:
+    def plan(self, epoch: int, batch_size: int, max_tokens: int = 0, seed: int = 0, min_sentences: int = 1) -> Plan:
         """Shuffled length-bucketed batches for one epoch: the same (seed, epoch) gives the same plan.
 
         Pools of `POOL` batches' worth of shuffled sentences are each sorted by length (stable) and cut into
-        batches; the batches are then shuffled."""
+        batches; the batches are then shuffled. Each batch holds at least `min_sentences` (the processes that
+        share it) where the epoch has that many: see cut_points."""
         rng = np.random.default_rng([seed % (1 << 64), epoch])
         order = rng.permutation(len(self))
         pool = batch_size * POOL
@@ -176,11 +177,11 @@ class TextSplit:
         order, lengths = order[sort], lengths[sort]
         if max_tokens:
             starts = np.concatenate(
-                [start + cut_points(lengths[start : start + pool], batch_size, max_tokens)
+                [start + cut_points(lengths[start : start + pool], batch_size, max_tokens, min_sentences)
                  for start in range(0, len(order), pool)] or [np.zeros(0, np.int64)]
             )  # fmt: skip
         else:  # pools hold whole batches, so the cuts of one pool after another are every batch_size
-            starts = np.arange(0, len(order), batch_size)
+            starts = merge_short_tail(np.arange(0, len(order), batch_size), len(order), min_sentences)
         stops = np.append(starts[1:], len(order))
         shuffle = rng.permutation(len(starts))
         return Plan(order, starts[shuffle], stops[shuffle])
@@ -192,18 +193,28 @@ class TextSplit:
         return Plan(order, starts, np.append(starts[1:], len(order)))
 
 
-def cut_points(lengths: np.ndarray, batch_size: int, max_tokens: int) -> np.ndarray:
+def cut_points(lengths: np.ndarray, batch_size: int, max_tokens: int, min_sentences: int = 1) -> np.ndarray:
     """Where batches start in a run of sentences with these `lengths` (in order): at most `batch_size`
-    sentences and `max_tokens` padded tokens each; a single sentence longer than that still makes a batch."""
+    sentences and `max_tokens` padded tokens each; a single sentence longer than that still makes a batch, and
+    so do `min_sentences` (the processes that share each batch) over the budget (see merge_short_tail)."""
     starts, start = [], 0
     while start < len(lengths):
         window = lengths[start : start + batch_size]
         padded = np.maximum.accumulate(window) * np.arange(1, len(window) + 1)  # a batch of the first k
         fits = padded <= max_tokens
-        fits[0] = True
+        fits[: max(1, min_sentences)] = True
         starts.append(start)
         start += len(window) if fits.all() else int(np.argmin(fits))
-    return np.array(starts, dtype=np.int64)
+    return merge_short_tail(np.array(starts, dtype=np.int64), len(lengths), min_sentences)
+
+
+def merge_short_tail(starts: Sequence[int], total: int, min_sentences: int) -> Sequence[int]:
+    """Batch starts over `total` sentences with a last batch of fewer than `min_sentences` joined to the one before
+    it (which then holds fewer than batch_size + min_sentences): under torchrun every process needs a sentence of
+    each batch, and a batch it could not share would be dropped, the same long sentences every epoch."""
+    if len(starts) > 1 and total - starts[-1] < min_sentences:
+        return starts[:-1]
+    return starts
 
 
 def bucket(indices: list[int], lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:

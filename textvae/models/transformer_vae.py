@@ -105,6 +105,7 @@ class TransformerDecoder(nn.Module):
         self.pad_id, self.latent_dim, self.injection = pad_id, latent_dim, config.z_injection
         self.embedding = nn.Embedding(vocab_size, width, padding_idx=pad_id)
         self.positions = nn.Embedding(config.max_positions, width)
+        self.max_steps = config.max_positions  # tokens `step` can decode after <bos> (generate.decode checks)
         self.word_dropout = WordDropout(config.word_dropout, unk_id, specials)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.blocks = nn.ModuleList(
