@@ -17,7 +17,7 @@ from textvae.data.batching import TextSplit
 from textvae.data.tokenizer import WordTokenizer
 from textvae.models import build_text_model, lstm_lm
 from textvae.models.lstm_lm import _gradients_agree, onednn_bf16_lstm, padded_lstm, run_recurrent
-from textvae.models.sequence import linear_nll
+from textvae.models.sequence import linear_nll, target_nll
 
 from conftest import make_sentences
 
@@ -40,9 +40,13 @@ def test_fused_output_layer_has_cross_entropys_value_and_gradients(rows):
     output.zero_grad()
     expected = F.cross_entropy(output(hidden), targets, reduction="none")
     (expected * weights).sum().backward()
-    torch.testing.assert_close(got.double(), expected.detach(), rtol=1e-6, atol=1e-6)
+    # fp64 inputs keep fp64 throughout (a reference to check the bf16 and fp32 paths against): fp64 agreement
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-12)
     for name, a, b in zip(("hidden", "weight", "bias"), fused, _grads(output, hidden), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    with torch.no_grad():  # evaluation's forward-only path likewise
+        torch.testing.assert_close(target_nll(hidden, targets, output, rows=rows), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_fused_output_layer_under_bf16_matches_the_autocast_path():

@@ -91,6 +91,15 @@ def test_pretraining_can_draw_z_from_the_posterior_at_kl_weight_zero():
     assert not torch.equal(out["rec"], deterministic.rec)
 
 
+def test_the_deterministic_autoencoder_decodes_mu_through_the_flow():
+    # the decoder reads the flow's output after pretraining: pretraining must fit it to that code, not to mu
+    model, batch = _model()
+    model.posterior_flow = lambda z: (2.0 * z + 1.0, z.new_zeros(z.shape[:2]))
+    out = elbo(model, batch, ElboSettings(kl_weight=0.0, sample=False))
+    expected = (2.0 * model.mu + 1.0).pow(2).sum(-1)  # -log p(x|z) at z = f(mu), x = 0
+    assert torch.allclose(out.rec, expected)
+
+
 def test_the_objective_asks_its_schedule_for_the_weight_after_pretraining():
     config = config_lib.from_dict({"objective": {"kl_schedule": "linear", "kl_start": 0.0, "warmup_steps": 10,
                                                  "pretrain_steps": 4, "free_bits": 0.5, "bow_weight": 0.0},

@@ -70,7 +70,7 @@ def elbo(model: LatentModel, batch: Any, settings: ElboSettings = ElboSettings()
     `rec` is then averaged over the k samples; `kl` stays the analytic KL of the posterior.
     With a `posterior_flow` on the model (core/flows.py) z is the flow's output and the KL is the
     Monte-Carlo estimate log q(z|x) - log p(z), averaged over the k draws.
-    `sample=False` decodes z = mu (a deterministic autoencoder, for pretraining).
+    `sample=False` decodes z = mu, or its image under the flow (a deterministic autoencoder, for pretraining).
     `bow_weight` > 0 adds that weight times the bag-of-words loss of the model's `bag_of_words` head
     (Zhao et al. 2017) at the first sample of z; it is not part of the bound and does not reach the decoder.
     """
@@ -83,8 +83,10 @@ def elbo(model: LatentModel, batch: Any, settings: ElboSettings = ElboSettings()
     mu, logvar = model.encode(batch) if sample else model.autoencoder_encode(batch)
     if sample:
         z, log_q = sample_posterior(model, mu, logvar, iw_samples)  # [B, k, D], [B, k]
-    else:
+    else:  # the deterministic code: mu, through the flow where there is one (the decoder reads the flow's output)
         z = mu.unsqueeze(1)
+        if getattr(model, "posterior_flow", None) is not None:
+            z = model.posterior_flow(z)[0]
     likelihood = model.log_likelihood if sample else model.autoencoder_log_likelihood
     log_px_z = likelihood(batch, z).float()  # [B, k]
     log_ratio = None
