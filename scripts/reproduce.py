@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.runs_dir = args.runs_dir or Path("runs/reproduce") / args.suite
     args.out = args.out or Path("results") / f"{args.suite}.md"
-    args.steps = args.steps or suite.steps
-    args.iw_samples = args.iw_samples or suite.iw_samples
+    args.steps = suite.steps if args.steps is None else args.steps  # 0 is refused below, not the default
+    args.iw_samples = suite.iw_samples if args.iw_samples is None else args.iw_samples
     args.eval_examples = suite.eval_examples if args.eval_examples is None else args.eval_examples or None
 
     def recorded(entry: Entry) -> bool:  # a record, and no run directory to resume or to evaluate

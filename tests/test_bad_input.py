@@ -72,6 +72,14 @@ def test_a_split_of_no_sentence_is_refused_before_training(tmp_path, capsys, lay
         assert len(_messages(capsys.readouterr().err)) == 1
 
 
+@pytest.mark.parametrize("argv", [["evaluate", "RUN", "--iw-samples", "abc"], ["sample"], ["trian", "x.yaml"]])
+def test_a_command_line_usage_error_is_one_line_too(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith("textvae: error: ")
+
+
 class _OneSentenceBatches:
     asked = None
 

@@ -20,6 +20,16 @@ def test_overrides_are_typed():
     assert config.optim.lr == 0.0005 and config.train.max_steps == 200 and config.model.bidirectional is True
 
 
+def test_floats_in_exponent_form_without_a_dot_are_floats(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string, which the float keys then refused; the docs' own defaults read 1e-5
+    raw = config_lib.apply_overrides({}, ["optim.lr=1e-3", "optim.min_lr=-2E+1"])
+    assert raw["optim"]["lr"] == 0.001 and raw["optim"]["min_lr"] == -20.0
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 5e-4\n  min_lr: 1e-5\ndata:\n  corpus: 1e\n", encoding="utf-8")
+    config = config_lib.load(path)
+    assert config.optim.lr == 0.0005 and config.optim.min_lr == 1e-5 and config.data.corpus == "1e"
+
+
 def test_int_widens_to_float():
     assert config_lib.from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
 

@@ -94,6 +94,25 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_with_its_checkpoint(tmp
     assert trainer.position.skipped == 4
 
 
+def test_a_resumed_run_moves_the_model_to_its_device_before_loading_the_optimizer_state(tmp_path):
+    # torch loads an optimizer's state onto its parameters' device: loaded while they were still on the CPU, a run
+    # resumed on CUDA kept Adam's moments there and failed at its first step (tests/test_device.py on a GPU)
+    metrics = {"nelbo": 1.0, "rec": 1.0, "kl": 0.0, "nll": 1.0, "ppl": 1.0, "mi": 0.0, "au": 0}
+
+    def trainer(max_steps, model):
+        config = config_lib.from_dict({"train": {"max_steps": max_steps, "eval_every": 2, "device": "cpu"}})
+        return Trainer(model, _Source(), lambda m: metrics, config, tmp_path, torch.device("cpu"))
+
+    trainer(2, _Exploding(good=100)).fit()
+    model, events = _Exploding(good=100), []
+    resumed = trainer(4, model)
+    move, load = model.to, resumed.optimizer.load_state_dict
+    model.to = lambda *args, **kwargs: events.append("to") or move(*args, **kwargs)
+    resumed.optimizer.load_state_dict = lambda state: events.append("load") or load(state)
+    resumed.fit()
+    assert "load" in events and events.index("to") < events.index("load")
+
+
 def test_full_disk_keeps_the_last_checkpoint_and_prints_one_line(
     tiny_config_path, corpus_dir, tmp_path, capsys, monkeypatch
 ):

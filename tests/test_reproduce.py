@@ -76,6 +76,10 @@ def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_co
 def test_unknown_run_name_is_one_clear_error(reproduce, tiny_config_path, tmp_path, capsys):
     assert reproduce.main(["--config", str(tiny_config_path), "--only", "nope", "--runs-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().startswith("error: --only: unknown run(s) nope")
+    for option in ("--steps", "--iw-samples"):  # 0 is refused, not read as "the suite's default"
+        argv = ["--config", str(tiny_config_path), option, "0", "--runs-dir", str(tmp_path), "--no-report"]
+        assert reproduce.main(argv) == 2
+        assert "must be positive" in capsys.readouterr().err
 
 
 def test_gap_suite_reports_both_gaps(reproduce, tiny_config_path, corpus_dir, tmp_path, monkeypatch):

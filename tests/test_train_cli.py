@@ -12,8 +12,10 @@ import torch
 from textvae import config as config_lib
 from textvae.cli import main
 from textvae.core.evaluation import spread
+from textvae.core.run import check_resumable
 from textvae.data.tokenizer import load_tokenizer
 from textvae.dispatch import train
+from textvae.errors import UserError
 from textvae.pipeline import load_run
 
 
@@ -106,6 +108,25 @@ def test_resuming_with_another_model_is_refused(tiny_config_path, corpus_dir, tm
     capsys.readouterr()
     assert main(base + ["--set", "model.hidden_size=32"]) == 2
     assert "model.hidden_size" in capsys.readouterr().err
+
+
+def test_resuming_a_cyclical_schedule_with_other_max_steps_keeps_its_cycles(tmp_path):
+    # cycle_total_steps 0 spans train.max_steps: a larger max_steps on resume (allowed, a train.* key) would
+    # stretch the cycles, an objective change; refused, unless the span is named (then it is the run's own)
+    def config(max_steps, *more):
+        settings = ["objective.kl_schedule=cyclical", "objective.pretrain_steps=1000", f"train.max_steps={max_steps}"]
+        return config_lib.from_dict(config_lib.apply_overrides({}, [*settings, *more]))
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints/last.pt").write_bytes(b"")
+    config_lib.save(config(9000), tmp_path / "config.yaml")
+    with pytest.raises(UserError, match="add --set objective.cycle_total_steps=8000"):
+        check_resumable(config(17000), tmp_path)
+    check_resumable(config(17000, "objective.cycle_total_steps=8000"), tmp_path)
+    with pytest.raises(UserError, match="KL cycles span 8000"):
+        check_resumable(config(9000, "objective.cycle_total_steps=4000"), tmp_path)
+    config_lib.save(config(9000, "objective.kl_schedule=linear"), tmp_path / "config.yaml")
+    check_resumable(config(17000, "objective.kl_schedule=linear"), tmp_path)  # no cycles to move
 
 
 def _error(capsys, argv):
@@ -222,3 +243,7 @@ def test_max_minutes_stops_a_run_evaluated_and_resumes_with_the_time_spent(tiny_
     assert state["position"]["step"] == 6 and state["seconds"] == 480  # 5 + 2 steps' minutes >= 6.5, + the eval
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["seconds"]) for r in records] == [(4, 300), (6, 480)]
+    # the same command again: its budget is spent, so it trains no further step (nor evaluates, nor refits)
+    train(_config(tiny_config_path, corpus_dir, "train.max_minutes=6.5", "train.eval_every=10"), run)
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["position"]["step"] == 6
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2

@@ -14,8 +14,15 @@ from pathlib import Path
 from textvae.errors import TrainingStopped, UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line, `textvae: error: ...`, exit status 2, as every other."""
+
+    def error(self, message: str):
+        self.exit(2, f"textvae: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textvae", description="Train, evaluate and use sentence VAEs.")
+    parser = _Parser(prog="textvae", description="Train, evaluate and use sentence VAEs.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a YAML config (resumes RUN_DIR if it has one)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -31,6 +32,13 @@ class StrictLoader(yaml.SafeLoader):
                 raise DuplicateKeyError(key, seen[key], line)
             seen[key] = line
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 as a string: its floats need a dot. A float in exponent form without one, as YAML 1.2
+# and Python read it (1e-3, 5E4, -2e+1), resolves to a float too.
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def parse_yaml(text: str) -> Any:

@@ -14,6 +14,7 @@ from textvae import config as config_lib
 from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint
+from textvae.core.schedules import cycle_span
 from textvae.errors import UserError
 
 # A resumed run may change how long and how it trains, not what it trains.
@@ -25,17 +26,23 @@ def check_resumable(config: Config, run_dir: Path) -> None:
     saved_file = run_dir / "config.yaml"
     if not (run_dir / "checkpoints" / "last.pt").is_file() or not saved_file.is_file():
         return
-    saved = config_lib.to_dict(config_lib.load(saved_file))
-    current = config_lib.to_dict(config)
+    saved_config = config_lib.load(saved_file)
+    saved, current = config_lib.to_dict(saved_config), config_lib.to_dict(config)
     for section in saved:
         if section in RESUMABLE_SECTIONS:
             continue
         for key, value in saved[section].items():
-            if current[section][key] != value:
+            if current[section][key] != value and (section, key) != ("objective", "cycle_total_steps"):
                 raise UserError(
                     f"{run_dir} holds a run with {section}.{key}={value!r}, not {current[section][key]!r}: "
                     "use another --run-dir to train a different model"
                 )
+    if config.objective.kl_schedule == "cyclical":  # cycles over train.max_steps would move with it
+        span = cycle_span(saved_config.objective, saved_config.train.max_steps)
+        if cycle_span(config.objective, config.train.max_steps) != span:
+            raise UserError(f"{run_dir} holds a run whose KL cycles span {span} steps, which this config would "
+                            f"change (objective.cycle_total_steps 0 spans train.max_steps): add --set "
+                            f"objective.cycle_total_steps={span} to keep them")  # fmt: skip
 
 
 def open_run(config: Config, run_dir: Path) -> None:

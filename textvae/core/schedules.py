@@ -47,8 +47,14 @@ def kl_weight(config: ObjectiveConfig, step: int, max_steps: int) -> float:
         return logistic(step, config.kl_weight, config.logistic_k, (start + config.warmup_steps) / 2)
     if step < start:
         return config.kl_start
-    total = config.cycle_total_steps or max(1, max_steps - start)
+    total = config.cycle_total_steps or max(1, max_steps - start)  # cycle_span, max_steps of the VAE phase
     return cyclical(step - start, config.kl_start, config.kl_weight, total, config.cycles, config.cycle_ratio)
+
+
+def cycle_span(config: ObjectiveConfig, max_steps: int) -> int:
+    """Steps the cyclical schedule's cycles span: objective.cycle_total_steps, else the VAE phase's steps after
+    anneal_start (so a resumed run with another train.max_steps would move them; run.check_resumable)."""
+    return config.cycle_total_steps or max(1, max_steps - config.pretrain_steps - config.anneal_start)
 
 
 class KLSchedule:

@@ -196,12 +196,13 @@ class Trainer:
     def _fit(self) -> dict[str, Any] | None:
         train = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.model.to(self.device)  # first: the optimizer's state loads onto the device of the parameters
         self.resume()
-        self.model.to(self.device)
         self.stepper.distribute()
         logs = TrainingLog(self.run_dir, self.position.step, train.max_steps, self.rank == 0, log)
         metrics, self._window = None, TrainWindow()
-        stop = self._stop_reason(self.position.step) is not None  # a finished run run again trains no further
+        # a finished run run again trains no further (its time budget spent included)
+        stop = self._stop_reason(self.position.step) is not None or 0 < train.max_minutes * 60 <= self.seconds
         if self.rank == 0 and not stop and self.position.step < train.max_steps:  # training on past a refit
             drop_metrics(self.run_dir, lambda row: row.get("phase") == "refit")
         self._clock = monotonic()
