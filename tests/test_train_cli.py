@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import shutil
 import subprocess
 import sys
 
@@ -21,6 +22,17 @@ from textvae.pipeline import load_run
 
 def _config(tiny_config_path, corpus_dir, *overrides):
     return config_lib.load(tiny_config_path, [f"data.corpus={corpus_dir}", *overrides])
+
+
+def test_a_fresh_start_builds_its_tokenizer_over_one_an_unfinished_start_left(tiny_config_path, corpus_dir, tmp_path):
+    # a start stopped before its first checkpoint (Ctrl-C while the corpus was encoded) leaves RUN_DIR/tokenizer;
+    # the next start, with another vocabulary size and nothing to resume, must not reload it
+    run = tmp_path / "run"
+    train(_config(tiny_config_path, corpus_dir, "train.max_steps=2", "data.vocab_size=20"), run)
+    small = len(load_tokenizer(run / "tokenizer"))
+    shutil.rmtree(run / "checkpoints")
+    train(_config(tiny_config_path, corpus_dir, "train.max_steps=2", "data.vocab_size=40"), run)
+    assert len(load_tokenizer(run / "tokenizer")) == len(load_run(run).tokenizer) > small
 
 
 def test_resumed_run_reaches_the_same_parameters(tiny_config_path, corpus_dir, tmp_path):

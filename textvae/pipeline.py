@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,10 @@ def train_text(config: Config, run_dir: Path, device: torch.device | None = None
     """Train (or resume) a text run in `run_dir` (on `device`, else train.device); return the last validation
     metrics. Under torchrun (textvae.dispatch.train sets it up) each process trains on its share of every batch."""
     open_run(config, run_dir)
+    if distributed.is_main() and not (run_dir / "checkpoints" / "last.pt").is_file():
+        # a fresh start: a tokenizer left by a start stopped before its first checkpoint may be of other settings
+        # (no config check guards it); it is built again, from the cache when the settings are the same
+        shutil.rmtree(run_dir / "tokenizer", ignore_errors=True)
     # the tokenizer, the encoded corpus and the config are written once, then read by every rank
     run = prepare(config, run_dir, ("train", "valid")) if distributed.is_main() else None
     save_config(config, run_dir)
