@@ -20,7 +20,7 @@ from textvae.cli import main
 from textvae.core.checkpoint import save_checkpoint
 from textvae.core.latent import LatentModel
 from textvae.core.objective import elbo
-from textvae.core.refit import refit_encoder, refit_modes, refit_step
+from textvae.core.refit import refit_encoder, refit_modes, refit_step, restore_trained_best
 from textvae.core.remedies import split_parameters
 from textvae.data.batching import TextBatch
 from textvae.dispatch import train
@@ -170,6 +170,22 @@ def test_a_done_refit_is_not_run_again_and_a_new_one_starts_from_the_trained_wei
     assert torch.allclose(seen[0], trained["to_mu.1.weight"], atol=1e-6)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [140]
+
+
+def test_training_on_past_a_refit_puts_trainings_best_back(setting):
+    # the trainer compares its evaluations with training's best, and optim.reload_best reloads best.pt: neither
+    # may meet the refit's weights once training goes on (the refit runs again after it)
+    model, x, run_dir = setting
+    refit_encoder(model, Data(x), lambda m: {"nelbo": -mean_elbo(m, x, samples=20)}, config(100), run_dir,
+                  torch.device("cpu"))  # fmt: skip
+    checkpoints = run_dir / "checkpoints"
+    assert "refit" in torch.load(checkpoints / "best.pt", weights_only=True)
+    restore_trained_best(checkpoints)
+    best, trained = (torch.load(checkpoints / name, weights_only=True) for name in ("best.pt", "trained.pt"))
+    assert "refit" not in best and all(torch.equal(best["model"][k], v) for k, v in trained["model"].items())
+    restore_trained_best(checkpoints)  # training's own best.pt is left alone
+    assert torch.equal(torch.load(checkpoints / "best.pt", weights_only=True)["model"]["to_mu.1.weight"],
+                       trained["model"]["to_mu.1.weight"])  # fmt: skip
 
 
 def test_refit_modes_keep_bn_vae_floor_and_turn_every_dropout_off():

@@ -110,6 +110,16 @@ def trained_state(checkpoints: Path) -> dict[str, Any]:
     return load_checkpoint(checkpoints / TRAINED)
 
 
+def restore_trained_best(checkpoints: Path) -> None:
+    """Training goes on past a refit: best.pt goes back to training's own best (trained.pt), which the trainer's
+    best value and optim.reload_best refer to (a refit best.pt would stand against training's evaluations, or be
+    reloaded into training); the refit runs again after the new training."""
+    trained, best = checkpoints / TRAINED, checkpoints / BEST
+    if trained.is_file() and best.is_file() and "refit" in load_checkpoint(best):
+        save_checkpoint(load_checkpoint(trained), best)
+        log.info("training goes on past the encoder refit: %s is training's best again (%s)", best, trained)
+
+
 @dataclass
 class RefitValidation:
     """The refit's validations: a row of metrics.jsonl on the run's clock (`clock()`), best.pt when the nelbo beats

@@ -27,6 +27,7 @@ from textvae.core.hooks import Hook, StepAccess, load_hook_states
 from textvae.core.logs import TrainingLog, TrainWindow, drop_metrics, drop_metrics_after
 from textvae.core.objective import Objective
 from textvae.core.optim import Stepper
+from textvae.core.refit import restore_trained_best
 from textvae.core.remedies import legacy_hook_states, remedy_hooks
 from textvae.core.signals import StopSignals
 from textvae.errors import TrainingStopped, UserError
@@ -205,6 +206,7 @@ class Trainer:
         stop = self._stop_reason(self.position.step) is not None or 0 < train.max_minutes * 60 <= self.seconds
         if self.rank == 0 and not stop and self.position.step < train.max_steps:  # training on past a refit
             drop_metrics(self.run_dir, lambda row: row.get("phase") == "refit")
+            restore_trained_best(self.best_path.parent)
         self._clock = monotonic()
         while self.position.step < train.max_steps and not stop:
             # under torchrun, batches every rank can share (a source of one process need not know the keyword)
