@@ -68,9 +68,10 @@ def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> 
 
     timing_path = run_dir / "timing.json"
     timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {}
-    if timing.get("trained"):
-        return
     config = config_lib.load(base, overrides)
+    if timing.get("trained"):
+        warn_if_trained_otherwise(entry, config, run_dir)
+        return
     if entry.shares_pretraining and not (run_dir / "checkpoints" / "last.pt").is_file():
         start_from_shared_pretraining(entry, config, run_dir, timing)
     machine = torch.cuda.get_device_name() if resolve_device(config.train.device).type == "cuda" else cpu_name()
@@ -82,6 +83,20 @@ def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> 
     train(config, run_dir)
     timing["trained"] = True
     timing_path.write_text(json.dumps(timing), encoding="utf-8")
+
+
+def warn_if_trained_otherwise(entry: Entry, config, run_dir: Path) -> None:
+    """A finished row is kept as it is; one whose saved config differs from the row's today (beyond train.*) says
+    so, with the keys, since its figures are not those of today's command."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, ours = config_lib.to_dict(config_lib.load(saved_path)), config_lib.to_dict(config)
+    differing = sorted(f"{section}.{key}" for section in ours if section != "train" for key in ours[section]
+                       if ours[section][key] != saved.get(section, {}).get(key))  # fmt: skip
+    if differing:
+        log.warning("%s: finished with another config (%s differ from this command's); its results are kept: delete "
+                    "%s to train the row again", entry.name, ", ".join(differing), run_dir)  # fmt: skip
 
 
 def start_from_shared_pretraining(entry: Entry, config, run_dir: Path, timing: dict) -> None:

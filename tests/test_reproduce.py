@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ def report(reproduce):
     return sys.modules["suite_report"]  # the report side, imported by reproduce.py
 
 
-def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_config_path, corpus_dir, tmp_path):
+def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_config_path, corpus_dir, tmp_path,
+                                                              caplog):  # fmt: skip
     runs, out = tmp_path / "runs", tmp_path / "results" / "ptb.md"
     argv = ["--config", str(tiny_config_path), "--runs-dir", str(runs), "--out", str(out), "--steps", "12",
             "--iw-samples", "2", "--set", f"data.corpus={corpus_dir}"]  # fmt: skip
@@ -56,6 +58,11 @@ def test_suite_runs_every_remedy_writes_the_table_and_resumes(reproduce, tiny_co
     assert reproduce.main(argv) == 0
     assert (runs / "bow" / "test_iw2.json").is_file()
     assert (runs / "lm" / "test_iw2.json").stat().st_mtime_ns == kept
+    assert stamps == {name: (runs / name / "metrics.jsonl").stat().st_mtime_ns for name in names}
+    # the same suite with another model: its finished rows are kept, and say which keys differ from the command's
+    with caplog.at_level(logging.WARNING):
+        assert reproduce.main([*argv, "--set", "model.hidden_size=24", "--only", "lm", "--no-report"]) == 0
+    assert "lm: finished with another config (model.hidden_size differ" in caplog.text
     assert stamps == {name: (runs / name / "metrics.jsonl").stat().st_mtime_ns for name in names}
 
     # A lost run directory: its row comes from the record beside the table, and the row is not trained again
