@@ -65,7 +65,7 @@ def render(source: str) -> str:
         "",
         "Generated from `textvae/config.py` by `python scripts/config_doc.py` (a test checks that it is current).",
         "Every key can be set in a YAML file or with `--set SECTION.KEY=VALUE`; unknown keys, wrong types and",
-        "keys the chosen model does not read are refused with one line.",
+        "keys the chosen model (or, for data.*, its family and tokenizer) does not read are refused with one line.",
     ]
     for section, rows in fields(source).items():
         parts += ["", f"## {section}", "", "| key | type | default | meaning |", "|---|---|---|---|"]

@@ -30,6 +30,12 @@ def test_floats_in_exponent_form_without_a_dot_are_floats(tmp_path):
     assert config.optim.lr == 0.0005 and config.optim.min_lr == 1e-5 and config.data.corpus == "1e"
 
 
+def test_data_keys_of_the_chosen_family_and_tokenizer_are_accepted():
+    config_lib.from_dict({"data": {"tokenizer": "sentencepiece", "sentencepiece_type": "bpe", "vocab_size": 500}})
+    config_lib.from_dict({"data": {"split": "punct", "lowercase": True, "min_count": 2, "max_length": 40}})
+    config_lib.from_dict({"model": {"name": "vade", "architecture": "mlp"}, "data": {"binarize": "none"}})
+
+
 def test_int_widens_to_float():
     assert config_lib.from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
 
@@ -38,6 +44,10 @@ def test_int_widens_to_float():
     "raw,message",
     [
         ({"train": {"max_stepz": 3}}, "unknown config key train.max_stepz"),
+        ({"data": {"binarize": "none"}}, "data.binarize: read by the image models only"),
+        ({"model": {"name": "image_vae"}, "data": {"vocab_size": 5}}, "data.vocab_size: read by the text models"),
+        ({"data": {"sentencepiece_type": "bpe"}}, "data.sentencepiece_type: read by the sentencepiece tokenizer"),
+        ({"data": {"tokenizer": "sentencepiece", "lowercase": True}}, "data.lowercase: read by the word tokenizer"),
         ({"trian": {}}, "unknown config section 'trian'"),
         ({"train": {"max_steps": "ten"}}, "train.max_steps: expected int"),
         ({"train": {"batch_size": 2.5}}, "train.batch_size: expected int"),

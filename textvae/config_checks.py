@@ -145,6 +145,7 @@ def validate(config: Config) -> Config:
         raise UserError("config key data.corpus: empty (a known corpus name or a path)")
     model, entry = config.model, registry.spec(config.model.name)
     _check_model_keys(model)
+    _check_data_keys(config.data, entry.family)
     families = {"xavier": "image", "uniform": "text", "uniform_decoder": "text"}  # model.init default: any family
     if "init" in entry.reads and families.get(model.init, entry.family) != entry.family:
         raise UserError(f"config key model.init: {model.init} is for the {families[model.init]} models, not "
@@ -191,6 +192,25 @@ def validate(config: Config) -> Config:
             raise UserError(f"config key model.quadrants_given: must be 1, 2 or 3, got {model.quadrants_given}")
         hidden_sizes(model)
     return config
+
+
+# data.* keys and who reads them; a key whose reader is not chosen must keep its default (as the model.* keys)
+_DATA_READERS = {
+    "tokenizer": "the text models", "vocab_size": "the text models", "max_length": "the text models",
+    "min_count": "the word tokenizer", "split": "the word tokenizer", "lowercase": "the word tokenizer",
+    "sentencepiece_type": "the sentencepiece tokenizer", "tokenizer_sample": "the sentencepiece tokenizer",
+    "binarize": "the image models",
+}  # fmt: skip
+
+
+def _check_data_keys(data, family: str) -> None:
+    """Refuse a data.* key that nothing of this config reads (the other family's, the other tokenizer's), set to
+    a value other than its default: it would be ignored without a word."""
+    reading = {"the image models"} if family == "image" else {"the text models", f"the {data.tokenizer} tokenizer"}
+    for field_ in dataclasses.fields(type(data)):
+        reader = _DATA_READERS.get(field_.name)
+        if reader is not None and reader not in reading and getattr(data, field_.name) != field_.default:
+            raise UserError(f"config key data.{field_.name}: read by {reader} only; leave it at {field_.default!r}")
 
 
 def _check_model_keys(model: ModelConfig) -> None:
