@@ -18,7 +18,7 @@ from torch import Tensor
 
 from textvae.core.device import transfer
 from textvae.core.paths import data_dir
-from textvae.data.batching import merge_short_tail
+from textvae.core.trainer import merge_short_tail
 from textvae.errors import UserError
 
 SIDE = 28

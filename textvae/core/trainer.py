@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
@@ -33,6 +33,15 @@ from textvae.core.signals import StopSignals
 from textvae.errors import TrainingStopped, UserError
 
 log = logging.getLogger(__name__)
+
+
+def merge_short_tail(starts: Sequence[int], total: int, min_sentences: int) -> Sequence[int]:
+    """Batch starts over `total` sentences with a last batch of fewer than `min_sentences` joined to the one before
+    it (which then holds fewer than batch_size + min_sentences): under torchrun every process needs a sentence of
+    each batch, and a batch it could not share would be dropped, the same long sentences every epoch."""
+    if len(starts) > 1 and total - starts[-1] < min_sentences:
+        return starts[:-1]
+    return starts
 
 
 class BatchSource(Protocol):

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from textvae.core.device import transfer
+from textvae.core.trainer import merge_short_tail
 from textvae.data.encoding import Encoded, encode_sentences, encoded_words
 from textvae.data.tokenizer import Tokenizer
 
@@ -206,15 +207,6 @@ def cut_points(lengths: np.ndarray, batch_size: int, max_tokens: int, min_senten
         starts.append(start)
         start += len(window) if fits.all() else int(np.argmin(fits))
     return merge_short_tail(np.array(starts, dtype=np.int64), len(lengths), min_sentences)
-
-
-def merge_short_tail(starts: Sequence[int], total: int, min_sentences: int) -> Sequence[int]:
-    """Batch starts over `total` sentences with a last batch of fewer than `min_sentences` joined to the one before
-    it (which then holds fewer than batch_size + min_sentences): under torchrun every process needs a sentence of
-    each batch, and a batch it could not share would be dropped, the same long sentences every epoch."""
-    if len(starts) > 1 and total - starts[-1] < min_sentences:
-        return starts[:-1]
-    return starts
 
 
 def bucket(indices: list[int], lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
