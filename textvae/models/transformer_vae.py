@@ -29,7 +29,9 @@ INIT_STD = 0.02
 
 
 def init_weights(module: nn.Module, layers: int) -> None:
-    """GPT-2's initialization of every Linear and Embedding under `module` (padding rows stay zero)."""
+    """GPT-2's initialization of every Linear and Embedding under `module`; an embedding's padding row is zeroed, and
+    drawn again where the output layer shares it and comes later (tie_embeddings: harmless, as no position reads
+    <pad> and it is never a target)."""
     for layer in module.modules():
         if isinstance(layer, (nn.Linear, nn.Embedding)):
             std = INIT_STD / (2 * layers) ** 0.5 if getattr(layer, "ends_residual", False) else INIT_STD
