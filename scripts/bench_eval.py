@@ -16,6 +16,7 @@ peak allocated memory (CUDA): with the sample chunk bounded by --token-budget it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.run:
         run = load_run(args.run)
         model, tokenizer, device = run.model, run.tokenizer, run.device
+        # the run's own model and data settings (the FLOPs and lengths), this command's train.* (threads, batches)
+        config = config_lib.replace(run.config, train=dataclasses.asdict(config.train))
     else:
         if config.data.tokenizer != "word":
             print("error: fresh weights need a word tokenizer; pass --run RUN_DIR for this config", file=sys.stderr)

@@ -58,6 +58,26 @@ def test_time_to_quality_is_read_off_a_runs_log(tmp_path):
         f"bench_train: {tmp_path} has no metrics.jsonl (not a run directory, or never evaluated)"
     ]
     assert _bench_train("--from-run", str(run)).returncode == 2  # --from-run needs --to-quality
+    assert "warning" not in _bench_train("--to-quality", "100", "--from-run", str(run)).stderr
+    other = tmp_path / "iw10"
+    other.mkdir()
+    row = {"step": 200, "epoch": 1, "seconds": 1.0, "split": "valid", "metrics": {"nll": 99.0, "iw_samples": 10}}
+    other.joinpath("metrics.jsonl").write_text(json.dumps(row) + "\n")
+    assert "validates with IW-10, not the IW-5" in _bench_train("--to-quality", "100", "--from-run", str(other)).stderr
+
+
+def test_training_flops_count_the_decoder_once_per_importance_sample():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_train import step_flops
+
+    from textvae import config as config_lib
+    from textvae.models.lstm_vae import LSTMVAE
+
+    iwae = config_lib.from_dict({"objective": {"iw_samples": 10, "free_bits": 0.0}})
+    expected = 3.0 * LSTMVAE.flops(iwae.model, 10000, 2300, 100, samples=10)
+    assert step_flops(iwae, 10000, 2300, 100) == expected > 5 * step_flops(config_lib.from_dict({}), 10000, 2300, 100)
+    pretraining = config_lib.from_dict({"objective": {"iw_samples": 10, "free_bits": 0.0, "pretrain_steps": 100}})
+    assert step_flops(pretraining, 10000, 2300, 100) == step_flops(config_lib.from_dict({}), 10000, 2300, 100)
 
 
 def test_the_own_lstm_of_the_lstm_bench_gives_the_fp64_gradients():

@@ -113,6 +113,21 @@ def test_a_resumed_run_moves_the_model_to_its_device_before_loading_the_optimize
     assert "load" in events and events.index("to") < events.index("load")
 
 
+def test_training_tokens_per_s_leaves_out_the_evaluations(tmp_path):
+    # an evaluation of 0.3 s at every step, steps of a few ms: train/tokens_per_s is the steps' rate, not the
+    # rate of steps and evaluations together (12 tokens a window of 2 steps, over 0.6 s: 20 tokens/s)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics = {"nelbo": 1.0, "rec": 1.0, "kl": 0.0, "nll": 1.0, "ppl": 1.0, "mi": 0.0, "au": 0}
+    config = config_lib.from_dict({"train": {"max_steps": 4, "eval_every": 1, "log_every": 2, "device": "cpu"}})
+    slow = lambda m: time.sleep(0.3) or metrics  # noqa: E731
+    Trainer(_Exploding(good=100), _Source(), slow, config, tmp_path, torch.device("cpu")).fit()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    rates = [event.value for event in events.Scalars("train/tokens_per_s")]
+    assert len(rates) == 2 and min(rates) > 200
+
+
 def test_full_disk_keeps_the_last_checkpoint_and_prints_one_line(
     tiny_config_path, corpus_dir, tmp_path, capsys, monkeypatch
 ):

@@ -18,6 +18,7 @@ from torch import nn
 from textvae import config as config_lib
 from textvae.cli import main
 from textvae.core.checkpoint import save_checkpoint
+from textvae.core.gaps import refine
 from textvae.core.latent import LatentModel
 from textvae.core.objective import elbo
 from textvae.core.refit import refit_encoder, refit_modes, refit_step, restore_trained_best
@@ -274,3 +275,19 @@ def test_a_refit_step_keeps_the_runs_free_bits(setting):
     torch.manual_seed(3)
     stats = refit_step(model, batch, inference, torch.optim.SGD(inference, lr=0.0), cfg, torch.device("cpu"))
     assert stats["loss"] == pytest.approx(free_bits, rel=1e-9)
+
+
+def test_gradients_through_a_model_in_eval_mode_run_without_cudnn(setting, monkeypatch):
+    # cuDNN's RNN backward refuses eval mode: the refit's step and SVI's refinement (models in eval mode, so without
+    # dropout) must run with cuDNN off on a GPU; its setting is what the decoder sees, restored afterwards
+    model, x, _ = setting
+    seen, decode = [], model.log_likelihood
+    spy = lambda *args: seen.append(torch.backends.cudnn.enabled) or decode(*args)  # noqa: E731
+    monkeypatch.setattr(model, "log_likelihood", spy)
+    refit_modes(model)
+    inference, _ = split_parameters(model)
+    refit_step(model, Batch(x[:8]), inference, torch.optim.SGD(inference, lr=0.0), config(1), torch.device("cpu"))
+    model.float()  # refine works in fp32
+    mu, logvar = model.encode(Batch(x[:8].float()))
+    refine(model, Batch(x[:8].float()), mu, logvar, steps=2)
+    assert seen and not any(seen) and torch.backends.cudnn.enabled

@@ -95,6 +95,15 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def backward_in_eval_mode():
+    """A context for gradients through modules in eval mode (SVI, the encoder refit: no dropout): cuDNN's RNN
+    backward refuses eval mode ("cudnn RNN backward can only be called in training mode"), so cuDNN is off inside
+    (PyTorch's own RNN kernels on a GPU; nothing changes on a CPU). Its other settings are kept."""
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=False, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=cudnn.allow_tf32)  # fmt: skip
+
+
 def transfer(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Move a batch tensor to `device`; to CUDA through pinned memory, so the copy does not block the host."""
     if device.type == "cuda" and tensor.device.type == "cpu":

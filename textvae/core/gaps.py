@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from textvae.core import distributed
-from textvae.core.device import autocast
+from textvae.core.device import autocast, backward_in_eval_mode
 from textvae.core.estimators import iw_chunk, iw_log_likelihood, iw_log_weights
 from textvae.core.flows import sample_posterior
 from textvae.core.gaussian import bound_logvar
@@ -43,7 +43,7 @@ def refine(
     mu = mu.detach().float().clone().requires_grad_(True)
     logvar = logvar.detach().float().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([mu, logvar], lr=lr)
-    with torch.enable_grad():
+    with torch.enable_grad(), backward_in_eval_mode():
         for _ in range(steps):
             loss = -elbo_at(model, batch, mu, bound_logvar(logvar), samples).sum()
             mu.grad, logvar.grad = torch.autograd.grad(loss, [mu, logvar])

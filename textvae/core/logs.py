@@ -74,7 +74,8 @@ class NullWriter:
 
 
 class TrainWindow:
-    """The steps since the last train/ log: their stats and real tokens (all ranks), and the time they took."""
+    """The steps since the last train/ log: their stats and real tokens (all ranks), and the time they took (the
+    trainer moves `start` on by the time of evaluations and checkpoints in between)."""
 
     def __init__(self, prefix: str = "train"):
         self.start, self.stats, self.tokens, self.prefix = time.perf_counter(), [], 0.0, prefix  # prefix/ scalars

@@ -35,7 +35,7 @@ from torch import nn
 from textvae.config import Config
 from textvae.core import distributed
 from textvae.core.checkpoint import load_checkpoint, save_checkpoint
-from textvae.core.device import autocast
+from textvae.core.device import autocast, backward_in_eval_mode
 from textvae.core.logs import TrainingLog, TrainWindow, drop_metrics
 from textvae.core.objective import ElboSettings, elbo
 from textvae.core.remedies import split_parameters
@@ -74,10 +74,12 @@ def refit_step(model: nn.Module, batch: Any, parameters: list[nn.Parameter], opt
     training: the refit must not buy a tighter bound with the code's information); -> its loss, rec and kl, or None
     when the loss or gradient is not finite (no step taken)."""
     objective = config.objective
-    with autocast(device, config.train.precision):
-        terms = elbo(model, batch, ElboSettings(free_bits=objective.free_bits, free_bits_mode=objective.free_bits_mode))
-    optimizer.zero_grad(set_to_none=True)
-    terms.loss.backward()
+    with backward_in_eval_mode():  # the model is in eval mode (refit_modes)
+        with autocast(device, config.train.precision):
+            terms = elbo(model, batch, ElboSettings(free_bits=objective.free_bits,
+                                                    free_bits_mode=objective.free_bits_mode))  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(parameters, config.optim.grad_clip or math.inf)
     loss, rec, kl, norm = torch.stack([terms.loss.detach(), terms.rec.detach().mean(), terms.kl.detach().mean(),
                                        norm.detach().float()]).tolist()  # fmt: skip

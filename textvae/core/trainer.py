@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import Any, Protocol
 
 import torch
@@ -238,6 +238,7 @@ class Trainer:
                     logs.train(self._window, step, self.optimizer.param_groups[0]["lr"])
                 evaluated = step % train.eval_every == 0
                 self._tick()
+                paused = perf_counter()  # evaluations and checkpoints are not in train/tokens_per_s
                 out_of_time = 0 < train.max_minutes * 60 <= self.seconds
                 if evaluated or step == train.max_steps or out_of_time:
                     # An extra evaluation at the last step only reports: the LR schedule, best.pt and early
@@ -249,6 +250,7 @@ class Trainer:
                     self.save(self.last_path)
                 if step == self.config.objective.pretrain_steps:  # where the VAE phase starts, for runs sharing it
                     self.save(self.pretrained_path)
+                self._window.start += perf_counter() - paused
                 if stopping:
                     raise self.signals.stop(step, str(self.last_path))
             if self.position.batch >= len(self._plan):
