@@ -91,7 +91,12 @@ class ImageVAE(LatentModel):
         self.posterior = nn.Linear(sizes[-1], 2 * config.latent_dim)
         self.pretrain_mse = config.pretrain_loss == "mse"
         self.pretrain_dropout = config.pretrain_dropout
-        if config.init == "xavier":
+        self.xavier = config.init == "xavier"
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """model.init xavier: Glorot uniform weights, zero biases (a subclass calls it again for its own layers)."""
+        if self.xavier:
             for layer in self.modules():
                 if isinstance(layer, nn.Linear):
                     nn.init.xavier_uniform_(layer.weight)
@@ -190,6 +195,7 @@ class QuadrantCVAE(ImageVAE):
         self.register_buffer("observed", quadrant_mask(config.quadrants_given), persistent=False)
         self.prior_body = mlp([PIXELS, *hidden_sizes(config)], config.activation)
         self.prior_head = nn.Linear(hidden_sizes(config)[-1], 2 * config.latent_dim)
+        self.init_weights()  # the prior network too
 
     def condition(self, batch: ImageBatch) -> Tensor:
         return batch.x * self.observed - (1.0 - self.observed)

@@ -76,6 +76,13 @@ def test_quadrant_masks_cover_exactly_the_given_quadrants(given, shown):
     assert int(mask.sum()) == 196 * given
 
 
+def test_xavier_init_reaches_the_quadrant_cvaes_prior_network():
+    model = build_image_model(config_lib.ModelConfig(name="image_cvae", condition="quadrants", quadrants_given=2,
+                                                     hidden_sizes="16", latent_dim=3, init="xavier"))  # fmt: skip
+    for layer in (model.prior_head, *[m for m in model.prior_body.modules() if isinstance(m, torch.nn.Linear)]):
+        assert torch.count_nonzero(layer.bias) == 0  # Glorot's zero biases (torch's default draws them)
+
+
 def test_quadrant_cvae_likelihood_counts_only_the_missing_pixels():
     model = build_image_model(config_lib.ModelConfig(name="image_cvae", condition="quadrants", quadrants_given=2,
                                                      hidden_sizes="16", latent_dim=3))  # fmt: skip

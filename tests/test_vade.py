@@ -174,6 +174,12 @@ def test_xavier_init_and_squared_error_pretraining():
     assert torch.allclose(model.decode_logits(mu.unsqueeze(1), None)[:, 0], 10 * (out - 0.5), atol=1e-4)
     with pytest.raises(UserError, match="pretrain_loss"):
         config_lib.from_dict({"model": {"name": "lstm_vae", "pretrain_loss": "mse"}})
+    # the other image models have no end of pretraining that maps grey levels to logits; VaDE clusters mu itself
+    for name in ("image_vae", "image_cvae"):
+        with pytest.raises(UserError, match="mse is for VaDE's MLP"):
+            config_lib.from_dict({"model": {"name": name, "architecture": "mlp", "pretrain_loss": "mse"}})
+    with pytest.raises(UserError, match="model.flow: VaDE"):
+        config_lib.from_dict({"model": {"name": "vade", "flow": "iaf"}, "objective": {"free_bits": 0.0}})
 
 
 def test_denoising_pretraining_encodes_a_corrupted_image_and_reconstructs_the_clean_one():

@@ -183,8 +183,11 @@ def validate(config: Config) -> Config:
     if model.flow != "none" and objective.free_bits > 0 and objective.free_bits_mode in ("dim", "example"):
         raise UserError("config key objective.free_bits_mode: free bits per dimension need a per-dimension KL, "
                         "which a flow posterior does not have (use free_bits_mode=vector, a target KL)")  # fmt: skip
-    if model.pretrain_loss != "likelihood" and model.architecture != "mlp":
-        raise UserError("config key model.pretrain_loss: mse is for the image MLPs")
+    if model.pretrain_loss != "likelihood" and (model.architecture != "mlp" or model.name != "vade"):
+        # VaDE's end of pretraining maps the grey-level outputs to logits (image_baselines/models.py); no other does
+        raise UserError("config key model.pretrain_loss: mse is for VaDE's MLP")
+    if model.flow != "none" and model.name == "vade":  # its mixture is fitted to, and clusters, the base mu
+        raise UserError("config key model.flow: VaDE's mixture prior clusters the encoder's code; no flow")
     if not 0 <= model.pretrain_dropout < 1:
         raise UserError(f"config key model.pretrain_dropout: a share in [0, 1) of pixels, got {model.pretrain_dropout}")
     if entry.family == "image":
