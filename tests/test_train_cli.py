@@ -56,6 +56,37 @@ def test_resumed_run_reaches_the_same_parameters(tiny_config_path, corpus_dir, t
     assert all(torch.equal(a, b) for a, b in zip(exp_avg, exp_avg_resumed))
 
 
+def test_a_stop_in_the_evaluation_that_ends_pretraining_resumes_as_a_straight_run(
+    tiny_config_path, corpus_dir, tmp_path, monkeypatch
+):  # fmt: skip
+    # last.pt is written where pretraining ends (after the decoder reset), before that step's evaluation and
+    # pretrained.pt: a stop in that evaluation resumed past both, and the LR schedule and best.pt missed it
+    from textvae.core.trainer import Trainer
+
+    extra = ("objective.pretrain_steps=4", "objective.reset_decoder=true", "train.eval_every=4", "train.max_steps=8",
+             "optim.lr_patience=0")  # fmt: skip
+    train(_config(tiny_config_path, corpus_dir, *extra), tmp_path / "straight")
+    evaluate = Trainer.evaluate
+
+    def stopped_at_the_end_of_pretraining(self, logs, scheduled=True):
+        if self.position.step == 4:
+            raise KeyboardInterrupt
+        return evaluate(self, logs, scheduled)
+
+    monkeypatch.setattr(Trainer, "evaluate", stopped_at_the_end_of_pretraining)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_config_path, corpus_dir, *extra), tmp_path / "resumed")
+    assert not (tmp_path / "resumed/checkpoints/pretrained.pt").exists()
+    monkeypatch.undo()
+    train(_config(tiny_config_path, corpus_dir, *extra), tmp_path / "resumed")
+    straight, resumed = (torch.load(tmp_path / f"{name}/checkpoints/last.pt", weights_only=True)
+                         for name in ("straight", "resumed"))  # fmt: skip
+    assert straight["position"] == resumed["position"] and straight["scheduler"] == resumed["scheduler"]
+    assert all(torch.equal(value, resumed["model"][key]) for key, value in straight["model"].items())
+    rows = [json.loads(line)["step"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    assert rows == [4, 8] and (tmp_path / "resumed/checkpoints/pretrained.pt").is_file()
+
+
 def test_cli_trains_and_evaluates_the_tiny_config(tiny_config_path, corpus_dir, tmp_path, capsys, caplog):
     run = tmp_path / "run"
     caplog.set_level(logging.INFO, logger="textvae.core.trainer")

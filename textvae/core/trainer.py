@@ -217,6 +217,12 @@ class Trainer:
             drop_metrics(self.run_dir, lambda row: row.get("phase") == "refit")
             restore_trained_best(self.best_path.parent)
         self._clock = monotonic()
+        if not stop and self._pretraining_end_unevaluated():  # stopped in the evaluation where the VAE phase starts
+            self._tick()
+            metrics = self.evaluate(logs, scheduled=True)
+            stop = self._stop_reason(self.position.step) is not None
+            self.save(self.last_path)
+            self.save(self.pretrained_path)
         while self.position.step < train.max_steps and not stop:
             # under torchrun, batches every rank can share (a source of one process need not know the keyword)
             shared = {"min_sentences": self.world} if self.world > 1 else {}
@@ -274,6 +280,15 @@ class Trainer:
         self.average.restart()
         self.position.best, self.position.bad_evals, self.position.decays = math.inf, 0, 0
         self.save(self.last_path)  # a resumed run never runs the hooks twice
+
+    def _pretraining_end_unevaluated(self) -> bool:
+        """Whether the run resumed at the end of its autoencoder pretraining, a step of the evaluation grid, before
+        that evaluation: last.pt is written there (after the hooks, the best reset) before the evaluation and
+        pretrained.pt, so a stop in between leaves those two to do. A run started from another's pretrained.pt,
+        saved after the evaluation, has its best."""
+        step, train = self.position.step, self.config.train
+        at_end = 0 < step == self.config.objective.pretrain_steps and step % train.eval_every == 0
+        return at_end and self.position.best == math.inf
 
     def _stop_reason(self, step: int) -> str | None:
         """Why training ends at `step`'s evaluation (train.early_stopping, optim.max_decays), None to go on; never
