@@ -85,15 +85,21 @@ def train_run(base: Path, entry: Entry, run_dir: Path, overrides: list[str]) -> 
     timing_path.write_text(json.dumps(timing), encoding="utf-8")
 
 
+def config_differences(config, theirs: dict) -> list[str]:
+    """The dotted keys whose value in `config` differs from the saved config `theirs` (a dict of sections)."""
+    ours = config_lib.to_dict(config)
+    return sorted(f"{section}.{key}" for section in ours for key in ours[section]
+                  if ours[section][key] != theirs.get(section, {}).get(key))  # fmt: skip
+
+
 def warn_if_trained_otherwise(entry: Entry, config, run_dir: Path) -> None:
     """A finished row is kept as it is; one whose saved config differs from the row's today (beyond train.*) says
     so, with the keys, since its figures are not those of today's command."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved, ours = config_lib.to_dict(config_lib.load(saved_path)), config_lib.to_dict(config)
-    differing = sorted(f"{section}.{key}" for section in ours if section != "train" for key in ours[section]
-                       if ours[section][key] != saved.get(section, {}).get(key))  # fmt: skip
+    differing = [key for key in config_differences(config, config_lib.to_dict(config_lib.load(saved_path)))
+                 if not key.startswith("train.")]  # fmt: skip
     if differing:
         log.warning("%s: finished with another config (%s differ from this command's); its results are kept: delete "
                     "%s to train the row again", entry.name, ", ".join(differing), run_dir)  # fmt: skip
@@ -108,9 +114,7 @@ def start_from_shared_pretraining(entry: Entry, config, run_dir: Path, timing: d
     if not pretrained.is_file():
         return
     state = torch.load(pretrained, map_location="cpu", weights_only=True)
-    ours, theirs = config_lib.to_dict(config), state["config"]
-    differing = sorted(f"{section}.{key}" for section in ours for key in ours[section]
-                       if ours[section][key] != theirs.get(section, {}).get(key))  # fmt: skip
+    differing = config_differences(config, state["config"])
     if set(differing) - set(SHARED_PRETRAINING_KEYS):
         raise UserError(f"{entry.name} cannot start from {pretrained}: its config differs in "
                         f"{', '.join(sorted(set(differing) - set(SHARED_PRETRAINING_KEYS)))}")  # fmt: skip

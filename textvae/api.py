@@ -55,10 +55,7 @@ class SentenceVAE:
     def codes(self, sentences: list[str]) -> Tensor:
         """The code decoded from each sentence's posterior: E_q[z|x] of the z the decoder reads ([N, D]): mu, or
         under a flow the mean of the flow's images of seeded draws (`reconstruct`, `interpolate` and `analogy`)."""
-        self._require_latent()
-        if isinstance(sentences, str):
-            sentences = [sentences]
-        return decoder_code(self.model, *self.model.encode(self._batch(sentences)))
+        return decoder_code(self.model, *self.encode(sentences))
 
     @torch.no_grad()
     def sample_z(self, sentences: list[str], num_samples: int = 1) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from textvae.core.flows import sample_posterior
-from textvae.core.gaussian import log_normal
+from textvae.core.gaussian import log_normal, reparameterize
 from textvae.core.latent import LatentModel, log_prior
 
 
@@ -51,7 +51,7 @@ def mutual_information(mu: Tensor, logvar: Tensor, chunk: int = 512, generator: 
         return 0.0
     chunk = max(1, min(chunk, MI_BLOCK // n))  # rows at a time: [chunk, N] float64 blocks of at most 128 MB
     mu, logvar = mu.float(), logvar.float()
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device)  # [N, D]
+    z = reparameterize(mu, logvar, generator=generator)[:, 0]  # [N, D]
     # log q(z|x) at the same draw as log q(z) (not the analytic entropy): the noise of the two cancels.
     log_qz_x = log_normal(z, mu, logvar).mean()
     # log N(z_i; mu_j, s_j^2) for all pairs as matmuls: the quadratic form expanded, in float64
@@ -103,8 +103,6 @@ def base_noise(latent_dim: int, seed: int = 0) -> Tensor:
 def decoder_code(model: LatentModel, mu: Tensor, logvar: Tensor) -> Tensor:
     """E_q[z|x] of the z the decoder reads, the code decoded from a sentence's posterior: mu ([B, D], fp32), or
     under a flow the mean of its images of the seeded base draws (posterior_mean; mu itself is never decoded)."""
-    if getattr(model, "posterior_flow", None) is None:
-        return mu.float()
     return posterior_mean(model, mu, logvar, base_noise(mu.shape[1]))
 
 

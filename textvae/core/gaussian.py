@@ -15,10 +15,12 @@ def bound_logvar(logvar: Tensor) -> Tensor:
     return logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, num_samples: int = 1) -> Tensor:
-    """Draw z = mu + sigma * eps (Kingma & Welling 2014). mu, logvar: [B, D] -> z: [B, K, D]."""
+def reparameterize(mu: Tensor, logvar: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+                   ) -> Tensor:  # fmt: skip
+    """Draw z = mu + sigma * eps (Kingma & Welling 2014), eps from `generator` (the global stream without one).
+    mu, logvar: [B, D] -> z: [B, K, D]."""
     std = torch.exp(0.5 * logvar).unsqueeze(1)
-    eps = torch.randn(mu.shape[0], num_samples, mu.shape[1], dtype=mu.dtype, device=mu.device)
+    eps = torch.randn(mu.shape[0], num_samples, mu.shape[1], dtype=mu.dtype, device=mu.device, generator=generator)
     return mu.unsqueeze(1) + std * eps
 
 

@@ -47,14 +47,20 @@ def kl_weight(config: ObjectiveConfig, step: int, max_steps: int) -> float:
         return logistic(step, config.kl_weight, config.logistic_k, (start + config.warmup_steps) / 2)
     if step < start:
         return config.kl_start
-    total = config.cycle_total_steps or max(1, max_steps - start)  # cycle_span, max_steps of the VAE phase
+    total = _span(config, max_steps)
     return cyclical(step - start, config.kl_start, config.kl_weight, total, config.cycles, config.cycle_ratio)
 
 
+def _span(config: ObjectiveConfig, vae_steps: int) -> int:
+    """Steps the cycles span, given the VAE phase's steps: objective.cycle_total_steps, else those after
+    anneal_start."""
+    return config.cycle_total_steps or max(1, vae_steps - config.anneal_start)
+
+
 def cycle_span(config: ObjectiveConfig, max_steps: int) -> int:
-    """Steps the cyclical schedule's cycles span: objective.cycle_total_steps, else the VAE phase's steps after
-    anneal_start (so a resumed run with another train.max_steps would move them; run.check_resumable)."""
-    return config.cycle_total_steps or max(1, max_steps - config.pretrain_steps - config.anneal_start)
+    """Steps the cyclical schedule's cycles span in a run of train.max_steps (its VAE phase's, `_span`): a resumed
+    run with another max_steps would move them when cycle_total_steps is 0 (run.check_resumable)."""
+    return _span(config, max_steps - config.pretrain_steps)
 
 
 class KLSchedule:
